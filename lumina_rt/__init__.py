@@ -1,0 +1,40 @@
+"""lumina_rt: an inference runtime with fused kernels for Lumina-Video (Multi-scale Next-DiT)."""
+
+from lumina_rt.config import ModelConfig
+from lumina_rt.errors import (
+    BackendUnavailableError,
+    CheckpointError,
+    ConfigError,
+    EngineError,
+    InputError,
+    LuminaError,
+    ScheduleError,
+    TextEncoderError,
+    UnsafeCheckpointError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailableError",
+    "CheckpointError",
+    "ConfigError",
+    "EngineError",
+    "InputError",
+    "LuminaError",
+    "ModelConfig",
+    "Runtime",
+    "ScheduleError",
+    "TextEncoderError",
+    "UnsafeCheckpointError",
+    "__version__",
+]
+
+
+def __getattr__(name: str):
+    # Runtime pulls in the engine backends; import it lazily so `import lumina_rt` stays light.
+    if name == "Runtime":
+        from lumina_rt.runtime import Runtime
+
+        return Runtime
+    raise AttributeError(f"module 'lumina_rt' has no attribute {name!r}")

@@ -1,0 +1,204 @@
+"""Model configuration: the released constructor's arguments, derived sizes and named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from lumina_rt.errors import ConfigError
+
+
+def parse_patch_combo(combo: str) -> tuple[int, int]:
+    """Read a released patch string "{frame_patch}x{spatial_patch}" ("1x2" is (1,2,2)) into (pf, p)."""
+    if not isinstance(combo, str) or combo.count("x") != 1:
+        raise ConfigError(f"patch combo must read '<frame patch>x<spatial patch>', e.g. '1x2'; got {combo!r}")
+    left, right = combo.split("x")
+    try:
+        pf, p = int(left), int(right)
+    except ValueError:
+        raise ConfigError(f"patch combo {combo!r} is not two integers joined by 'x'") from None
+    if pf < 1 or p < 1:
+        raise ConfigError(f"patch combo {combo!r} has a patch size below 1")
+    return pf, p
+
+
+def patch_combo_name(pf: int, p: int) -> str:
+    return f"{pf}x{p}"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Keyword arguments of the released `MultiScaleNextDiT` constructor, with the released defaults."""
+
+    all_patch_size: tuple[int, ...] = (2,)
+    all_f_patch_size: tuple[int, ...] = (2,)
+    in_channels: int = 4
+    dim: int = 4096
+    n_layers: int = 32
+    n_heads: int = 32
+    n_kv_heads: int | None = None
+    multiple_of: int = 256
+    ffn_dim_multiplier: float | None = None
+    norm_eps: float = 1e-5
+    qk_norm: bool = False
+    cap_feat_dim: int = 5120
+    rope_theta: float = 10000.0
+    t_scale: float = 1.0
+    motion_scale: float = 1.0
+    # lumina_rt extension (not a released argument): name of the preset this config came from.
+    name: str = field(default="custom", compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "all_patch_size", tuple(int(p) for p in self.all_patch_size))
+        object.__setattr__(self, "all_f_patch_size", tuple(int(p) for p in self.all_f_patch_size))
+        if len(self.all_patch_size) != len(self.all_f_patch_size) or not self.all_patch_size:
+            raise ConfigError(
+                f"all_patch_size {self.all_patch_size} and all_f_patch_size {self.all_f_patch_size} "
+                "must be non-empty and of equal length"
+            )
+        if self.dim % self.n_heads:
+            raise ConfigError(f"dim={self.dim} is not divisible by n_heads={self.n_heads}")
+        if self.head_dim % 16:
+            raise ConfigError(f"head_dim={self.head_dim} (dim / n_heads) must be a multiple of 16")
+        if self.n_heads % self.kv_heads:
+            raise ConfigError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.kv_heads}")
+
+    # ------------------------------------------------------------------ derived sizes
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
+    def adaln_dim(self) -> int:
+        """Width of the modulation input (timestep + pooled caption + motion embeddings)."""
+        return min(self.dim, 1024)
+
+    @property
+    def ffn_hidden(self) -> int:
+        hidden = int(2 * (4 * self.dim) / 3)
+        if self.ffn_dim_multiplier is not None:
+            hidden = int(self.ffn_dim_multiplier * hidden)
+        return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
+
+    @property
+    def rope_dims(self) -> tuple[int, int, int]:
+        """Rotary dims per axis (f, h, w): 2/8, 3/8, 3/8 of the head dim."""
+        eighth = self.head_dim // 8
+        return eighth * 2, eighth * 3, eighth * 3
+
+    @property
+    def patch_combos(self) -> tuple[str, ...]:
+        """Released patch strings, "{frame patch}x{spatial patch}", in constructor order."""
+        return tuple(patch_combo_name(pf, p) for p, pf in zip(self.all_patch_size, self.all_f_patch_size))
+
+    @staticmethod
+    def module_key(pf: int, p: int) -> str:
+        """State-dict key of a patch size's embedder / final layer: "{spatial}-{frame}"."""
+        return f"{p}-{pf}"
+
+    def check_combo(self, combo: str) -> tuple[int, int]:
+        pf, p = parse_patch_combo(combo)
+        if combo not in self.patch_combos:
+            raise ConfigError(f"unknown patch combo {combo!r}: this model has {list(self.patch_combos)}")
+        return pf, p
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_kwargs(self) -> dict[str, Any]:
+        """The constructor keyword arguments (the fixture metadata's `config`, the native config.json)."""
+        out = dataclasses.asdict(self)
+        out.pop("name")
+        out["all_patch_size"] = list(self.all_patch_size)
+        out["all_f_patch_size"] = list(self.all_f_patch_size)
+        return out
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict[str, Any], name: str = "custom") -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise ConfigError(f"unknown model config keys {unknown}; accepted: {sorted(known - {'name'})}")
+        kw = dict(kwargs)
+        kw.setdefault("name", name)
+        return cls(**kw)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_kwargs(), indent=2, sort_keys=True)
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_name(cls, name: str) -> ModelConfig:
+        """A named preset (see `PRESETS`)."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown model preset {name!r}; known presets: {sorted(PRESETS)}")
+        return cls.from_kwargs(PRESETS[name], name=name)
+
+
+# Released sizes (constructor functions MultiScaleNextDiT_2B / _2B_GQA / _4B_GQA).
+_2B = dict(dim=2304, n_layers=24, n_heads=16)
+_2B_GQA = dict(dim=2304, n_layers=24, n_heads=16, n_kv_heads=8)
+_4B_GQA = dict(dim=3072, n_layers=32, n_heads=24, n_kv_heads=8)
+
+# Arguments the released f24R960 training script passes (Gemma-2-2B features, CogVideoX latents).
+_F24R960_ARGS = dict(
+    in_channels=16,
+    cap_feat_dim=2304,
+    all_patch_size=(2, 2, 4),
+    all_f_patch_size=(1, 2, 2),
+    qk_norm=True,
+    rope_theta=256.0,
+    t_scale=1000.0,
+    motion_scale=20.0,
+)
+
+# Released constructor name -> size preset.
+RELEASED_CONSTRUCTORS: dict[str, dict[str, Any]] = {
+    "MultiScaleNextDiT_2B": _2B,
+    "MultiScaleNextDiT_2B_GQA": _2B_GQA,
+    "MultiScaleNextDiT_4B_GQA": _4B_GQA,
+}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "2B": dict(_2B),
+    "2B-GQA": dict(_2B_GQA),
+    "4B-GQA": dict(_4B_GQA),
+    "f24R960": {**_2B_GQA, **_F24R960_ARGS},
+    # Small sizes for CPU work: same structure as f24R960 (GQA, QK-norm, three patch sizes).
+    "tiny": dict(
+        dim=128,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        multiple_of=32,
+        in_channels=4,
+        cap_feat_dim=48,
+        all_patch_size=(2, 2, 4),
+        all_f_patch_size=(1, 2, 2),
+        qk_norm=True,
+        rope_theta=256.0,
+        t_scale=1000.0,
+        motion_scale=20.0,
+    ),
+    "small": dict(
+        dim=384,
+        n_layers=6,
+        n_heads=6,
+        n_kv_heads=3,
+        multiple_of=64,
+        in_channels=4,
+        cap_feat_dim=256,
+        all_patch_size=(2, 2, 4),
+        all_f_patch_size=(1, 2, 2),
+        qk_norm=True,
+        rope_theta=256.0,
+        t_scale=1000.0,
+        motion_scale=20.0,
+    ),
+}

@@ -1,0 +1,200 @@
+"""Parity against fixtures made by running the released code (format: shared/fixtures/README.md).
+
+`run_parity(fixture, evaluator)` runs every case and returns one result per output tensor with its relative
+error ||out - ref|| / ||ref||. An *evaluator* computes velocities; the reference torch model (any kernel
+backend) and the engine runtime both provide one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from safetensors import safe_open
+
+from lumina_rt.config import ModelConfig, parse_patch_combo
+from lumina_rt.errors import InputError
+from lumina_rt.sampling import Conditioning, SampleConfig, guided_velocity, sample_euler
+
+logger = logging.getLogger(__name__)
+
+TOLERANCE = 1e-5
+
+
+class Evaluator(Protocol):
+    """What parity needs from a backend."""
+
+    def velocity(
+        self, x: torch.Tensor, t: torch.Tensor, cap_feats: torch.Tensor, cap_mask: torch.Tensor,
+        motion: torch.Tensor, combo: str,
+    ) -> torch.Tensor: ...  # fmt: skip
+
+    def forward_list(
+        self, items: list[torch.Tensor], t: torch.Tensor, cap_feats: torch.Tensor, cap_mask: torch.Tensor,
+        motion: torch.Tensor, combo: str,
+    ) -> list[torch.Tensor]: ...  # fmt: skip
+
+
+class ModelEvaluator:
+    """Evaluator over the reference torch model (kernel backend chosen with lumina_rt.ops)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+
+    def velocity(self, x, t, cap_feats, cap_mask, motion, combo):
+        return self.model.velocity(x, t, cap_feats, cap_mask, motion, combo)
+
+    def forward_list(self, items, t, cap_feats, cap_mask, motion, combo):
+        pf, p = parse_patch_combo(combo)
+        return self.model.forward_list(items, t, cap_feats, cap_mask, motion, p, pf)
+
+
+@dataclass
+class CaseResult:
+    case: str
+    kind: str
+    rel_err: float
+    passed: bool
+
+
+@dataclass
+class Fixture:
+    path: Path
+    meta: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+
+    @property
+    def config(self) -> ModelConfig:
+        return ModelConfig.from_kwargs(self.meta["config"], name=self.path.stem)
+
+    @property
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k[len("model.") :]: v for k, v in self.tensors.items() if k.startswith("model.")}
+
+    def get(self, name: str) -> torch.Tensor:
+        if name not in self.tensors:
+            raise InputError(f"fixture {str(self.path)!r} has no tensor {name!r}")
+        return self.tensors[name]
+
+
+def load_fixture(path: str | Path) -> Fixture:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"fixture {str(path)!r} does not exist")
+    with safe_open(str(path), "pt") as f:
+        meta_text = (f.metadata() or {}).get("lumina_fixture")
+        if meta_text is None:
+            raise InputError(f"{str(path)!r} has no 'lumina_fixture' metadata; is it a parity fixture?")
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    return Fixture(path, json.loads(meta_text), tensors)
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out, ref = out.double(), ref.double()
+    if out.shape != ref.shape:
+        return float("inf")
+    denom = ref.norm()
+    diff = (out - ref).norm()
+    return float(diff / denom) if denom > 0 else float(diff)
+
+
+def _inputs(fx: Fixture, case: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Conditioning inputs of a case: `in.*` defaults, overridable per case by naming other tensors."""
+    names = {"t": "in.t", "cap_feats": "in.cap_feats", "cap_mask": "in.cap_mask", "motion": "in.motion"}
+    for key in list(names):
+        if isinstance(case.get(key), str):
+            names[key] = case[key]
+    return {k: fx.get(v).clone() for k, v in names.items()}
+
+
+def _sample_config(case: dict[str, Any], fallback: dict[str, Any] | None) -> dict[str, Any]:
+    sc = case.get("sample_config", fallback)
+    if sc is None:
+        raise InputError(f"case {case.get('kind')} has no sample_config and no earlier case provides one")
+    return dict(sc)
+
+
+def _conditioning(inp: dict[str, torch.Tensor]) -> tuple[Conditioning, Conditioning]:
+    cf, cm = inp["cap_feats"], inp["cap_mask"]
+    half = cf.shape[0] // 2
+    return Conditioning(cf[:half], cm[:half]), Conditioning(cf[half:], cm[half:])
+
+
+def run_parity(
+    fixture: Fixture,
+    evaluator: Evaluator,
+    tolerance: float = TOLERANCE,
+    on_result: Callable[[CaseResult], None] | None = None,
+) -> list[CaseResult]:
+    """Run every case of a fixture; returns one CaseResult per output tensor compared."""
+    results: list[CaseResult] = []
+
+    def record(name: str, kind: str, out: torch.Tensor, ref: torch.Tensor) -> None:
+        err = rel_err(out, ref)
+        res = CaseResult(name, kind, err, bool(err <= tolerance))
+        results.append(res)
+        if on_result is not None:
+            on_result(res)
+
+    last_sample_config: dict[str, Any] | None = None
+    with torch.no_grad():
+        for case in fixture.meta["cases"]:
+            kind = case["kind"]
+            inp = _inputs(fixture, case)
+            if kind == "forward":
+                out = evaluator.velocity(
+                    fixture.get(case["x"]), inp["t"], inp["cap_feats"], inp["cap_mask"], inp["motion"], case["patch"]
+                )
+                record(case["out"], kind, out, fixture.get(case["out"]))
+            elif kind == "forward_list":
+                items = [fixture.get(name) for name in case["x"]]
+                outs = evaluator.forward_list(
+                    items, inp["t"], inp["cap_feats"], inp["cap_mask"], inp["motion"], case["patch"]
+                )
+                for out, name in zip(outs, case["out"]):
+                    record(name, kind, out, fixture.get(name))
+            elif kind == "forward_with_multi_cfg":
+                last_sample_config = _sample_config(case, last_sample_config)
+                sc = SampleConfig.from_dict(last_sample_config)
+                z = fixture.get(case["x"])
+                pos, neg = _conditioning(inp)
+                b = pos.cap_feats.shape[0]
+                for t, name in zip(case["t"], case["out"]):
+                    t32 = float(torch.tensor(t, dtype=torch.float32))
+                    guided = guided_velocity(evaluator.velocity, z[:b], t32, pos, neg, sc)
+                    ref = fixture.get(name)
+                    # Row 0..b-1: guided velocity. The released step returns the negative rows unchanged.
+                    record(name, kind, torch.cat([guided, z[b:]]), ref)
+            elif kind == "sample_euler":
+                sc_dict = _sample_config(case, last_sample_config)
+                sc_dict.update(step=int(case["steps"]), ts=float(case["time_shift"]))
+                sc = SampleConfig.from_dict(sc_dict)
+                z = fixture.get(case["z"])
+                pos, neg = _conditioning(inp)
+                b = pos.cap_feats.shape[0]
+                traj = sample_euler(evaluator.velocity, z[:b], pos, neg, sc, progress=False, return_trajectory=True)
+                ref = fixture.get(case["out"])
+                # Only the positive rows are meaningful (the rest is the released code's unused negative slot).
+                record(case["out"], kind, traj, ref[:, :b])
+            else:
+                raise InputError(f"unknown fixture case kind {kind!r} in {str(fixture.path)!r}")
+    return results
+
+
+def results_to_json(fixture: Fixture, backend: str, results: list[CaseResult], tolerance: float) -> str:
+    return json.dumps(
+        {
+            "fixture": str(fixture.path),
+            "backend": backend,
+            "tolerance": tolerance,
+            "passed": all(r.passed for r in results),
+            "max_rel_err": max((r.rel_err for r in results), default=0.0),
+            "cases": [asdict(r) for r in results],
+        },
+        indent=2,
+    )

@@ -1,0 +1,38 @@
+"""Build script: the Python packages plus the C++ fused-op extension (csrc/, pybind11 + OpenMP)."""
+
+import glob
+import os
+
+from setuptools import setup
+
+try:
+    from pybind11.setup_helpers import Pybind11Extension, build_ext
+except ImportError:  # pybind11 is a build requirement; without it the C++ ops are simply not built
+    Pybind11Extension = None
+    build_ext = None
+
+ext_modules = []
+cmdclass = {}
+sources = sorted(glob.glob("csrc/*.cpp"))
+if Pybind11Extension is not None and sources and os.environ.get("LUMINA_RT_NO_CPP") != "1":
+    compile_args = ["-O3", "-fopenmp", "-fno-math-errno"]
+    if os.environ.get("LUMINA_RT_PORTABLE") != "1":
+        compile_args.append("-march=native")
+    ext_modules.append(
+        Pybind11Extension(
+            "lumina_rt._C",
+            sources,
+            cxx_std=17,
+            extra_compile_args=compile_args,
+            extra_link_args=["-fopenmp"],
+        )
+    )
+    cmdclass["build_ext"] = build_ext
+
+setup(
+    packages=["lumina_rt", "lumina_rt.kernels", "lumina_rt.export"],
+    package_dir={"lumina_rt": "lumina_rt", "lumina_rt.kernels": "kernels", "lumina_rt.export": "export"},
+    package_data={"lumina_rt": ["builtin/*"]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)

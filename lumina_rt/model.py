@@ -456,7 +456,8 @@ def _check_batch_inputs(
         )
     if cap_mask.shape != cap_feats.shape[:2]:
         raise InputError(
-            f"{where}cap_mask shape {tuple(cap_mask.shape)} does not match cap_feats [B, L] = {tuple(cap_feats.shape[:2])}"
+            f"{where}cap_mask shape {tuple(cap_mask.shape)} does not match cap_feats [B, L] "
+            f"= {tuple(cap_feats.shape[:2])}"
         )
     empty = (cap_mask != 0).sum(dim=1) == 0
     if bool(empty.any()):

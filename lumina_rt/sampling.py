@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -24,8 +24,8 @@ from lumina_rt.errors import ConfigError, InputError, ScheduleError
 logger = logging.getLogger(__name__)
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, str], torch.Tensor]
-Scalar = Union[float, int, str]
-TimeAware = Union[Scalar, Sequence[Any]]
+Scalar = float | int | str
+TimeAware = Scalar | Sequence[Any]
 
 
 # ------------------------------------------------------------------------------------------------

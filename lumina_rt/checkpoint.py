@@ -83,6 +83,9 @@ def _strip_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     return {k.replace("_orig_mod.", ""): v for k, v in state_dict.items()}
 
 
+_SIZE_ARGS = ("dim", "n_layers", "n_heads", "n_kv_heads", "multiple_of", "ffn_dim_multiplier", "norm_eps")
+
+
 def config_from_released_args(args: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> ModelConfig:
     """Build the config the released sampler builds: constructor size + training arguments.
 
@@ -90,9 +93,10 @@ def config_from_released_args(args: dict[str, Any], state_dict: dict[str, torch.
     text encoder's width); they are read from the weights' shapes instead.
     """
     name = args.get("model")
-    if name not in RELEASED_CONSTRUCTORS:
+    if name not in RELEASED_CONSTRUCTORS and name != "MultiScaleNextDiT":
         raise CheckpointError(
-            f"model_args.pth names constructor {name!r}; known constructors: {sorted(RELEASED_CONSTRUCTORS)}"
+            f"model_args.pth names constructor {name!r}; known constructors: "
+            f"{sorted([*RELEASED_CONSTRUCTORS, 'MultiScaleNextDiT'])}"
         )
     patch_sizes = tuple(args.get("patch_sizes", (2,)))
     f_patch_sizes = tuple(args.get("f_patch_sizes", (2,)))
@@ -102,7 +106,9 @@ def config_from_released_args(args: dict[str, Any], state_dict: dict[str, torch.
         in_features = int(state_dict[f"all_x_embedder.{p}-{pf}.weight"].shape[1])
     except KeyError as exc:
         raise CheckpointError(f"released weights lack key {exc.args[0]!r}") from None
-    kwargs = dict(RELEASED_CONSTRUCTORS[name])
+    kwargs = dict(RELEASED_CONSTRUCTORS.get(name, {}))
+    # Size arguments are not in released model_args.pth files, but are honoured when present (base constructor).
+    kwargs.update({k: args[k] for k in _SIZE_ARGS if k in args})
     kwargs.update(
         in_channels=in_features // (pf * p * p),
         cap_feat_dim=cap_feat_dim,

@@ -269,12 +269,15 @@ def sample_euler(
     progress: bool = True,
     return_trajectory: bool = False,
     callback: Callable[[int, float, str], None] | None = None,
+    patch_combos: Sequence[str] | None = None,
 ) -> torch.Tensor:
     """Euler flow-matching sampling from noise z [B, C, F, H, W] on the shifted grid.
 
     Returns the final sample, or with `return_trajectory` the states at every grid point [steps, B, ...].
-    `callback(step, t, combo)` is called before each velocity evaluation.
+    `callback(step, t, combo)` is called before each velocity evaluation. With `patch_combos` (the model's),
+    a schedule naming another patch size is refused before any work.
     """
+    config.validate(patch_combos)
     if not bool(torch.isfinite(z).all()):
         raise InputError("initial noise z contains NaN or infinite values")
     grid = time_grid(config.step, config.ts).tolist()

@@ -1,0 +1,50 @@
+"""FLOPs and bytes of one velocity evaluation, computed from the config (for achieved-rate reports)."""
+
+from __future__ import annotations
+
+from lumina_rt.config import ModelConfig
+
+
+def token_count(config: ModelConfig, combo: str, frames: int, height: int, width: int) -> int:
+    """Tokens of a latent [C, frames, height, width] at a patch combo (images are repeated to the frame patch)."""
+    pf, p = config.check_combo(combo)
+    f_compute = pf if frames == 1 else frames
+    return (f_compute // pf) * (height // p) * (width // p)
+
+
+def forward_flops(config: ModelConfig, combo: str, tokens: int, cap_len: int, batch: int = 1) -> int:
+    """Matmul FLOPs (2·m·n·k) of one forward over `batch` samples of `tokens` tokens and `cap_len` caption tokens."""
+    pf, p = config.check_combo(combo)
+    d, dkv, hff, ydim = config.dim, config.kv_heads * config.head_dim, config.ffn_hidden, config.cap_feat_dim
+    patch_feat = pf * p * p * config.in_channels
+    n, length = tokens, cap_len
+    per_layer = (
+        2 * n * d * d * 2  # wq, wo
+        + 2 * n * d * dkv * 2  # wk, wv
+        + 2 * length * ydim * dkv * 2  # wk_y, wv_y
+        + 4 * n * n * d  # self-attention: QK^T and AV
+        + 4 * n * length * d  # cross-attention
+        + 2 * n * d * hff * 3  # SwiGLU FFN
+        + 2 * config.adaln_dim * 4 * d  # modulation
+    )
+    total = config.n_layers * per_layer + 2 * n * patch_feat * d * 2  # + embedder and final layer
+    return batch * total
+
+
+def weight_bytes(config: ModelConfig, bytes_per_param: int = 4) -> int:
+    """Bytes of the parameters that one forward reads (shared backbone + one scale's embedder and final layer)."""
+    from lumina_rt.inspect import describe
+
+    info = describe(config)
+    pf, p = config.all_f_patch_size[0], config.all_patch_size[0]
+    skip = [f"{kind}.{config.module_key(pf2, p2)}." for kind in ("all_x_embedder", "all_final_layer")
+            for p2, pf2 in zip(config.all_patch_size, config.all_f_patch_size) if (p2, pf2) != (p, pf)]  # fmt: skip
+    n = 0
+    for key, shape in info["state_dict"].items():
+        if any(key.startswith(s) for s in skip):
+            continue
+        size = 1
+        for s in shape:
+            size *= s
+        n += size
+    return n * bytes_per_param

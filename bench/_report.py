@@ -1,0 +1,91 @@
+"""Collects benchmark rows during `pytest bench/` and writes bench/report.md and bench/report.json at the end."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+ROWS: dict[str, list[dict[str, Any]]] = {}
+SUMMARY: dict[str, Any] = {}
+CEILINGS: dict[str, float] = {}
+
+
+def median_ms(fn, reps: int = 5, warmup: int = 1, max_s: float = 30.0) -> float:
+    """Median wall time of fn() in ms (stops early once max_s is spent, keeping at least 3 runs)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    start = time.perf_counter()
+    for i in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+        if i >= 2 and time.perf_counter() - start > max_s:
+            break
+    times.sort()
+    return times[len(times) // 2]
+
+
+def measure_ceilings() -> dict[str, float]:
+    """The machine's matmul rate (fp32, bf16) and copy bandwidth, timed here."""
+    if CEILINGS:
+        return CEILINGS
+    n = 2048
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        ms = median_ms(lambda a=a, b=b: a @ b, reps=7, warmup=2)
+        CEILINGS[f"matmul_{name}_gflops"] = 2 * n**3 / (ms * 1e-3) / 1e9
+    x = torch.randn(64 * 1024 * 1024 // 4)  # 64 MiB
+    y = torch.empty_like(x)
+    ms = median_ms(lambda: y.copy_(x), reps=9, warmup=2)
+    CEILINGS["copy_gbps"] = 2 * x.numel() * 4 / (ms * 1e-3) / 1e9  # read + write
+    return CEILINGS
+
+
+def add(section: str, row: dict[str, Any]) -> None:
+    ROWS.setdefault(section, []).append(row)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+    return str(v)
+
+
+def write() -> None:
+    if not ROWS and not SUMMARY:
+        return
+    info = {
+        "machine": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
+    report = {"info": info, "ceilings": CEILINGS, **SUMMARY, "sections": ROWS}
+    (HERE / "report.json").write_text(json.dumps(report, indent=2))
+    lines = ["# lumina_rt CPU benchmark report", ""]
+    lines.append(f"{info['date']}, torch {info['torch']}, {info['threads']} threads, {info['machine']}.")
+    lines.append("")
+    if CEILINGS:
+        ceilings = ", ".join(f"{k} {_fmt(v)}" for k, v in CEILINGS.items())
+        lines.append(f"Machine ceilings measured by this run: {ceilings}")
+        lines.append("")
+    if SUMMARY:
+        lines += ["## Ratios (measured in this run)", "", "| ratio | value | measured on |", "|---|---|---|"]
+        for k, v in SUMMARY.items():
+            if isinstance(v, dict) and "value" in v:
+                lines.append(f"| `{k}` | {_fmt(v['value'])} | {v.get('sizes', '')} |")
+        lines.append("")
+    for section, rows in ROWS.items():
+        cols = list(dict.fromkeys(k for r in rows for k in r))
+        lines += [f"## {section}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        for r in rows:
+            lines.append("| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |")
+        lines.append("")
+    (HERE / "report.md").write_text("\n".join(lines))

@@ -1,0 +1,126 @@
+"""Step latency per patch size and backend, and end-to-end single- vs multi-scale sampling, at CPU sizes.
+
+Every comparison is a ratio of times measured in this run. Sizes: the `small` preset (dim 384, 6 layers, GQA 6/3
+heads, QK-norm, three patch sizes) on a latent of 4 × 8 × 32 × 32 with 32 caption tokens.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import _report
+import pytest
+import torch
+
+from lumina_rt import ops
+from lumina_rt.config import ModelConfig
+from lumina_rt.flops import forward_flops, token_count, weight_bytes
+from lumina_rt.model import MultiScaleNextDiT
+from lumina_rt.sampling import Conditioning, SampleConfig, sample_euler
+
+PRESET = "small"
+LATENT = (4, 8, 32, 32)  # C, F, H, W
+CAP_LEN = 32
+E2E_STEPS = 12
+SIZES = f"{PRESET} preset, latent {'x'.join(map(str, LATENT))}, {CAP_LEN} caption tokens"
+
+
+@functools.cache
+def _model(dtype: torch.dtype = torch.float32) -> MultiScaleNextDiT:
+    torch.manual_seed(0)
+    model = MultiScaleNextDiT(ModelConfig.from_name(PRESET)).eval()
+    with torch.no_grad():  # non-zero gates / modulation so every branch does real work
+        for name, p in model.named_parameters():
+            if any(s in name for s in ("adaLN", "gate", "final_layer")):
+                p.normal_(0, 0.02)
+    model.check_inputs = False
+    return model.to(dtype)
+
+
+def _inputs(batch: int, dtype: torch.dtype):
+    g = torch.Generator().manual_seed(1)
+    cfg = _model().config
+    x = torch.randn(batch, *LATENT, generator=g).to(dtype)
+    cap = torch.randn(batch, CAP_LEN, cfg.cap_feat_dim, generator=g).to(dtype)
+    mask = torch.ones(batch, CAP_LEN, dtype=torch.long)
+    return x, torch.rand(batch, generator=g), cap, mask, torch.full((batch,), 6.0)
+
+
+def _kernel_backends() -> list[str]:
+    return [b for b in ("torch", "cpu-fused") if b in ops.available_backends()]
+
+
+STEP_TIMES: dict[tuple[str, str, str], float] = {}
+
+
+@pytest.mark.parametrize("dtype_name", ["fp32", "bf16"])
+@pytest.mark.parametrize("backend", ["torch", "cpu-fused"])
+@pytest.mark.parametrize("combo", ["1x2", "2x2", "2x4"])
+def test_step(benchmark, combo, backend, dtype_name):
+    if backend not in ops.available_backends():
+        pytest.fail(f"kernel backend {backend!r} is not available: the C++ extension lumina_rt._C is not built")
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    model = _model(dtype)
+    x, t, cap, mask, motion = _inputs(2, dtype)
+    cfg = model.config
+
+    def step():
+        with ops.use_backend(backend), torch.no_grad():
+            return model.velocity(x, t, cap, mask, motion, combo)
+
+    out = benchmark.pedantic(step, rounds=3, iterations=1, warmup_rounds=1)
+    assert out.shape == x.shape and bool(torch.isfinite(out.float()).all())
+    ms = benchmark.stats.stats.median * 1e3
+    STEP_TIMES[(combo, backend, dtype_name)] = ms
+    n = token_count(cfg, combo, *LATENT[1:])
+    gflops = forward_flops(cfg, combo, n, CAP_LEN, batch=2) / (ms * 1e-3) / 1e9
+    ceiling = _report.CEILINGS.get(f"matmul_{dtype_name}_gflops", float("nan"))
+    row = dict(combo=combo, backend=f"torch+{backend}" if backend != "torch" else "torch eager", dtype=dtype_name,
+               batch=2, tokens=n, ms=ms, gflops=gflops, pct_of_matmul=100 * gflops / ceiling,
+               weights_mb=weight_bytes(cfg, 2 if dtype == torch.bfloat16 else 4) / 2**20)  # fmt: skip
+    benchmark.extra_info.update(row)
+    _report.add("One denoising step (batch 2 = CFG pair)", row)
+
+
+def test_bf16_over_fp32_summary():
+    """Ratio of bf16 to fp32 step time (torch eager, finest patch), from the step benchmarks of this run."""
+    fp32 = STEP_TIMES.get(("1x2", "torch", "fp32"))
+    bf16 = STEP_TIMES.get(("1x2", "torch", "bf16"))
+    if fp32 is None or bf16 is None:
+        pytest.fail("step benchmarks for 1x2 torch fp32/bf16 did not run in this session (run the whole bench/)")
+    _report.SUMMARY["bf16_over_fp32"] = dict(value=bf16 / fp32, sizes=f"{SIZES}; torch eager, 1x2, batch 2")
+
+
+def _sample_ms(preset: str) -> tuple[float, list[str]]:
+    model = _model()
+    cfg = model.config
+    sc = SampleConfig.from_name(preset).replace(step=E2E_STEPS)
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(1, *LATENT, generator=g)
+    pos = Conditioning(torch.randn(1, CAP_LEN, cfg.cap_feat_dim, generator=g), torch.ones(1, CAP_LEN, dtype=torch.long))
+    neg = Conditioning(torch.randn(1, 8, cfg.cap_feat_dim, generator=g), torch.ones(1, 8, dtype=torch.long))
+    combos: list[str] = []
+
+    def run():
+        combos.clear()
+        with torch.no_grad():
+            return sample_euler(model.velocity, z, pos, neg, sc, progress=False,
+                                callback=lambda k, t, c: combos.append(c))  # fmt: skip
+
+    return _report.median_ms(run, reps=2, warmup=0), list(combos)
+
+
+def test_end_to_end_multiscale_vs_single():
+    """End-to-end sampling with the released f24F96R960 schedules (single vs multi-scale), same steps and backend."""
+    single_ms, single_combos = _sample_ms("f24F96R960")
+    multi_ms, multi_combos = _sample_ms("f24F96R960-MultiScale")
+    assert set(single_combos) == {"1x2"} and {"2x4", "2x2", "1x2"} <= set(multi_combos)
+    ratio = multi_ms / single_ms
+    runs = (("f24F96R960", single_ms, single_combos), ("f24F96R960-MultiScale", multi_ms, multi_combos))
+    for name, ms, combos in runs:
+        _report.add("End-to-end sampling (torch eager, fp32, CFG on)", dict(
+            preset=name, steps=E2E_STEPS, schedule=" ".join(f"{c}×{combos.count(c)}" for c in ("2x4", "2x2", "1x2")),
+            seconds=ms / 1e3))  # fmt: skip
+    _report.SUMMARY["multiscale_over_single"] = dict(
+        value=ratio, sizes=f"{SIZES}; {E2E_STEPS} Euler steps, torch eager fp32, released f24F96R960 schedules"
+    )

@@ -1,7 +1,7 @@
 """Step latency per patch size and backend, and end-to-end single- vs multi-scale sampling, at CPU sizes.
 
 Every comparison is a ratio of times measured in this run. Sizes: the `small` preset (dim 384, 6 layers, GQA 6/3
-heads, QK-norm, three patch sizes) on a latent of 4 × 8 × 32 × 32 with 32 caption tokens.
+heads, QK-norm, three patch sizes) on a latent of 4 × 16 × 32 × 32 (16 latent frames, as released) with 32 caption tokens.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from lumina_rt.model import MultiScaleNextDiT
 from lumina_rt.sampling import Conditioning, SampleConfig, sample_euler
 
 PRESET = "small"
-LATENT = (4, 8, 32, 32)  # C, F, H, W
+LATENT = (4, 16, 32, 32)  # C, F, H, W: 16 latent frames as released; 4096 tokens at 1x2
 CAP_LEN = 32
 E2E_STEPS = 12
 SIZES = f"{PRESET} preset, latent {'x'.join(map(str, LATENT))}, {CAP_LEN} caption tokens"

@@ -163,4 +163,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, so subcommands registered by other modules land in the same registry.
+    from lumina_rt.cli import main as _main
+
+    sys.exit(_main())

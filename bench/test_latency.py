@@ -1,12 +1,15 @@
 """Step latency per patch size and backend, and end-to-end single- vs multi-scale sampling, at CPU sizes.
 
 Every comparison is a ratio of times measured in this run. Sizes: the `small` preset (dim 384, 6 layers, GQA 6/3
-heads, QK-norm, three patch sizes) on a latent of 4 × 16 × 32 × 32 (16 latent frames, as released) with 32 caption tokens.
+heads, QK-norm, three patch sizes) on a latent of 4 × 16 × 32 × 32 (16 latent frames, as released) with 32
+caption tokens.
 """
 
 from __future__ import annotations
 
 import functools
+import tempfile
+from pathlib import Path
 
 import _report
 import pytest
@@ -46,18 +49,32 @@ def _inputs(batch: int, dtype: torch.dtype):
     return x, torch.rand(batch, generator=g), cap, mask, torch.full((batch,), 6.0)
 
 
-def _kernel_backends() -> list[str]:
-    return [b for b in ("torch", "cpu-fused") if b in ops.available_backends()]
+@functools.cache
+def _ort_runtime():
+    """ONNX Runtime engines of the same model (built once per bench session into a temp dir)."""
+    from lumina_rt.checkpoint import save_native
+    from lumina_rt.export.build_engines import build
+    from lumina_rt.export.profiles import ServeShapes
+    from lumina_rt.runtime import Runtime
+
+    model = _model()
+    root = Path(tempfile.mkdtemp(prefix="lumina_rt_bench_"))
+    save_native(root / "ckpt", model.config, model.state_dict())
+    shapes = ServeShapes(resolutions=(LATENT[2:],), frames=(LATENT[1],), max_batch=2, max_caption=CAP_LEN)
+    build(root / "ckpt", root / "engines", backend="onnxruntime", shapes=shapes)
+    return Runtime(root / "engines", backend="onnxruntime")
 
 
 STEP_TIMES: dict[tuple[str, str, str], float] = {}
 
 
 @pytest.mark.parametrize("dtype_name", ["fp32", "bf16"])
-@pytest.mark.parametrize("backend", ["torch", "cpu-fused"])
+@pytest.mark.parametrize("backend", ["torch", "cpu-fused", "onnxruntime"])
 @pytest.mark.parametrize("combo", ["1x2", "2x2", "2x4"])
 def test_step(benchmark, combo, backend, dtype_name):
-    if backend not in ops.available_backends():
+    if backend == "onnxruntime" and dtype_name == "bf16":
+        pytest.skip("ONNX Runtime engines are fp32 on CPU (bf16 engines need TensorRT)")
+    if backend != "onnxruntime" and backend not in ops.available_backends():
         pytest.fail(f"kernel backend {backend!r} is not available: the C++ extension lumina_rt._C is not built")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     model = _model(dtype)
@@ -65,8 +82,11 @@ def test_step(benchmark, combo, backend, dtype_name):
     cfg = model.config
 
     def step():
-        with ops.use_backend(backend), torch.no_grad():
-            return model.velocity(x, t, cap, mask, motion, combo)
+        with torch.no_grad():
+            if backend == "onnxruntime":
+                return _ort_runtime().velocity(x, t, cap, mask, motion, combo)
+            with ops.use_backend(backend):
+                return model.velocity(x, t, cap, mask, motion, combo)
 
     out = benchmark.pedantic(step, rounds=3, iterations=1, warmup_rounds=1)
     assert out.shape == x.shape and bool(torch.isfinite(out.float()).all())
@@ -75,11 +95,25 @@ def test_step(benchmark, combo, backend, dtype_name):
     n = token_count(cfg, combo, *LATENT[1:])
     gflops = forward_flops(cfg, combo, n, CAP_LEN, batch=2) / (ms * 1e-3) / 1e9
     ceiling = _report.CEILINGS.get(f"matmul_{dtype_name}_gflops", float("nan"))
-    row = dict(combo=combo, backend=f"torch+{backend}" if backend != "torch" else "torch eager", dtype=dtype_name,
+    label = {"torch": "torch eager", "cpu-fused": "torch+cpu-fused", "onnxruntime": "ONNX Runtime"}[backend]
+    row = dict(combo=combo, backend=label, dtype=dtype_name,
                batch=2, tokens=n, ms=ms, gflops=gflops, pct_of_matmul=100 * gflops / ceiling,
                weights_mb=weight_bytes(cfg, 2 if dtype == torch.bfloat16 else 4) / 2**20)  # fmt: skip
     benchmark.extra_info.update(row)
     _report.add("One denoising step (batch 2 = CFG pair)", row)
+
+
+def test_ort_over_torch_summary():
+    """Step time ratio, ONNX Runtime over torch eager (fp32), per patch size; the headline is the finest patch."""
+    ratios = {}
+    for combo in ("1x2", "2x2", "2x4"):
+        ort, eager = STEP_TIMES.get((combo, "onnxruntime", "fp32")), STEP_TIMES.get((combo, "torch", "fp32"))
+        if ort is None or eager is None:
+            pytest.fail(f"step benchmarks for {combo} fp32 torch/onnxruntime did not run in this session")
+        ratios[combo] = ort / eager
+    _report.SUMMARY["ort_over_torch"] = dict(
+        value=ratios["1x2"], per_scale=ratios, sizes=f"{SIZES}; fp32, batch 2, finest patch (1x2)"
+    )
 
 
 def test_bf16_over_fp32_summary():
@@ -91,9 +125,8 @@ def test_bf16_over_fp32_summary():
     _report.SUMMARY["bf16_over_fp32"] = dict(value=bf16 / fp32, sizes=f"{SIZES}; torch eager, 1x2, batch 2")
 
 
-def _sample_ms(preset: str) -> tuple[float, list[str]]:
-    model = _model()
-    cfg = model.config
+def _sample_ms(preset: str, velocity_fn) -> tuple[float, list[str]]:
+    cfg = _model().config
     sc = SampleConfig.from_name(preset).replace(step=E2E_STEPS)
     g = torch.Generator().manual_seed(0)
     z = torch.randn(1, *LATENT, generator=g)
@@ -104,23 +137,26 @@ def _sample_ms(preset: str) -> tuple[float, list[str]]:
     def run():
         combos.clear()
         with torch.no_grad():
-            return sample_euler(model.velocity, z, pos, neg, sc, progress=False,
+            return sample_euler(velocity_fn, z, pos, neg, sc, progress=False,
                                 callback=lambda k, t, c: combos.append(c))  # fmt: skip
 
     return _report.median_ms(run, reps=2, warmup=0), list(combos)
 
 
-def test_end_to_end_multiscale_vs_single():
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_end_to_end_multiscale_vs_single(backend):
     """End-to-end sampling with the released f24F96R960 schedules (single vs multi-scale), same steps and backend."""
-    single_ms, single_combos = _sample_ms("f24F96R960")
-    multi_ms, multi_combos = _sample_ms("f24F96R960-MultiScale")
+    velocity_fn = _ort_runtime().velocity if backend == "onnxruntime" else _model().velocity
+    single_ms, single_combos = _sample_ms("f24F96R960", velocity_fn)
+    multi_ms, multi_combos = _sample_ms("f24F96R960-MultiScale", velocity_fn)
     assert set(single_combos) == {"1x2"} and {"2x4", "2x2", "1x2"} <= set(multi_combos)
     ratio = multi_ms / single_ms
     runs = (("f24F96R960", single_ms, single_combos), ("f24F96R960-MultiScale", multi_ms, multi_combos))
     for name, ms, combos in runs:
-        _report.add("End-to-end sampling (torch eager, fp32, CFG on)", dict(
-            preset=name, steps=E2E_STEPS, schedule=" ".join(f"{c}×{combos.count(c)}" for c in ("2x4", "2x2", "1x2")),
-            seconds=ms / 1e3))  # fmt: skip
-    _report.SUMMARY["multiscale_over_single"] = dict(
-        value=ratio, sizes=f"{SIZES}; {E2E_STEPS} Euler steps, torch eager fp32, released f24F96R960 schedules"
+        schedule = " ".join(f"{c}×{combos.count(c)}" for c in ("2x4", "2x2", "1x2"))
+        row = dict(backend=backend, preset=name, steps=E2E_STEPS, schedule=schedule, seconds=ms / 1e3)
+        _report.add("End-to-end sampling (fp32, CFG on)", row)
+    key = "multiscale_over_single" if backend == "onnxruntime" else "multiscale_over_single_torch_eager"
+    _report.SUMMARY[key] = dict(
+        value=ratio, sizes=f"{SIZES}; {E2E_STEPS} Euler steps, {backend} fp32, released f24F96R960 schedules"
     )

@@ -7,6 +7,8 @@ The model calls these functions; which implementation runs is one switch (`set_b
 - ``"cpu-fused"``: the C++ extension ``lumina_rt._C`` (pybind11 + OpenMP);
 - ``"auto"``: triton for CUDA tensors, cpu-fused for CPU tensors when built, else torch.
 
+The fused kernels are inference-only: while autograd is recording (grad mode on), the torch math runs.
+
 Shapes used below: B batch, N tokens, D model width, Hq / Hk query / key heads, Dh head dim.
 """
 
@@ -162,7 +164,8 @@ def use_backend(name: str) -> Iterator[None]:
 
 def _impl(op: str, like: torch.Tensor) -> Callable:
     backend = _backend
-    if backend == "torch" or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+    # The fused kernels have no backward: whenever autograd records (training), use the torch math.
+    if backend == "torch" or torch.is_grad_enabled() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
         return _TORCH_IMPLS[op]
     if backend == "auto":
         if like.is_cuda:

@@ -1,0 +1,802 @@
+// CPU fused ops of lumina_rt (module lumina_rt._C): the same math as kernels/*.py `*_ref`.
+//
+// Tensors arrive as raw addresses (Python ints from `Tensor.data_ptr()`) plus sizes / strides in elements and a dtype
+// code; the Python wrappers (kernels/cpu.py) check shapes, make inputs contiguous where needed and allocate outputs.
+// No torch headers: the build needs only pybind11. Every op releases the GIL, runs OpenMP over rows / tokens with
+// `nthreads` threads, and converts float16 / bfloat16 to float32 in its (vectorised) inner loops.
+
+#include <pybind11/pybind11.h>
+
+#include <omp.h>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace py = pybind11;
+
+namespace {
+
+// ------------------------------------------------------------------------------------------------
+// Element types and conversions
+// ------------------------------------------------------------------------------------------------
+
+enum DType : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
+
+// 16-bit storage types; conversions are branchless bit arithmetic so that GCC vectorises them (GCC 12 lowers
+// _Float16 conversions to libgcc calls on CPUs without AVX512-FP16).
+struct bf16 {
+  uint16_t bits;
+};
+struct f16 {
+  uint16_t bits;
+};
+
+inline uint32_t bits_of(float v) { return __builtin_bit_cast(uint32_t, v); }
+inline float float_of(uint32_t u) { return __builtin_bit_cast(float, u); }
+
+inline float to_f32(float v) { return v; }
+inline float to_f32(bf16 v) { return float_of(static_cast<uint32_t>(v.bits) << 16); }
+inline float to_f32(f16 v) {
+  const uint32_t h = v.bits;
+  const uint32_t em = (h & 0x7FFFu) << 13;  // exponent and mantissa at their float32 positions
+  const uint32_t e = em & (0x1Fu << 23);
+  const uint32_t normal = em + ((127u - 15u) << 23);
+  const uint32_t infnan = em + ((255u - 31u) << 23);
+  const uint32_t sub = bits_of(float_of(em + (113u << 23)) - float_of(113u << 23));  // zero and subnormals
+  const uint32_t r = e == (0x1Fu << 23) ? infnan : (e == 0 ? sub : normal);
+  return float_of(r | ((h & 0x8000u) << 16));
+}
+
+template <class T>
+inline T from_f32(float v);
+template <>
+inline float from_f32<float>(float v) {
+  return v;
+}
+template <>
+inline bf16 from_f32<bf16>(float v) {  // round to nearest even; NaN stays a quiet NaN
+  const uint32_t u = bits_of(v);
+  const uint32_t r = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  return bf16{static_cast<uint16_t>(v != v ? 0x7FC0u : r)};
+}
+template <>
+inline f16 from_f32<f16>(float v) {  // round to nearest even, overflow to inf, subnormals exact
+  const uint32_t sign = bits_of(v) & 0x80000000u;
+  const uint32_t u = bits_of(v) ^ sign;
+  const uint32_t infnan = u > (255u << 23) ? 0x7E00u : 0x7C00u;
+  const float half_magic = float_of(126u << 23);  // 0.5: adding it rounds |v| < 2^-14 to the subnormal grid
+  const uint32_t sub = bits_of(float_of(u) + half_magic) - bits_of(half_magic);
+  const uint32_t normal = (u + (static_cast<uint32_t>(15 - 127) << 23) + 0xFFFu + ((u >> 13) & 1u)) >> 13;
+  const uint32_t r = u >= (143u << 23) ? infnan : (u < (113u << 23) ? sub : normal);
+  return f16{static_cast<uint16_t>(r | (sign >> 16))};
+}
+
+// v rounded to T's precision, as float (intermediate roundings; NaN-preserving for quiet NaNs)
+template <class T>
+inline float round_to(float v) {
+  return to_f32(from_f32<T>(v));
+}
+template <>
+inline float round_to<float>(float v) {
+  return v;
+}
+template <>
+inline float round_to<bf16>(float v) {
+  const uint32_t u = bits_of(v);
+  return float_of((u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u);
+}
+
+[[noreturn]] void bad_dtype(const char* what, int code) {
+  throw std::invalid_argument(std::string(what) + ": unsupported dtype code " + std::to_string(code) +
+                              " (0 float32, 1 float16, 2 bfloat16)");
+}
+
+// Call f(T{}) with T the element type of `code`.
+template <class F>
+void dispatch(int code, const char* what, F&& f) {
+  switch (code) {
+    case kF32:
+      f(float{});
+      break;
+    case kF16:
+      f(f16{});
+      break;
+    case kBF16:
+      f(bf16{});
+      break;
+    default:
+      bad_dtype(what, code);
+  }
+}
+
+template <class T>
+inline T* ptr(uintptr_t p) {
+  return reinterpret_cast<T*>(p);
+}
+
+inline int threads(int nthreads) { return nthreads > 0 ? nthreads : omp_get_max_threads(); }
+
+// ------------------------------------------------------------------------------------------------
+// Row kernels of the norm / modulation family. One row of D elements stays in L1 between its passes, so each op
+// reads its inputs from memory once and writes its output once. Two implementations of the row math: explicit
+// AVX-512 (when the build targets it; hardware bf16 / fp16 conversions, streaming stores for large outputs) and a
+// portable one left to the auto-vectoriser. `set_simd(false)` selects the portable one (tests cover both).
+// ------------------------------------------------------------------------------------------------
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define LUMINA_SIMD 1
+constexpr bool kSimdBuilt = true;
+#else
+#define LUMINA_SIMD 0
+constexpr bool kSimdBuilt = false;
+#endif
+
+bool g_simd = kSimdBuilt;
+
+// Outputs at least this large are written with non-temporal stores (they would only evict the inputs from the
+// caches); smaller ones stay in cache for the next op.
+constexpr int64_t kStreamBytes = int64_t{16} << 20;
+
+// ---- portable row math ----
+
+// Row reductions with kLanes independent partial sums (one vector accumulator would make the loop latency-bound),
+// folded pairwise at the end (a serial sum of the lanes would cost as much as the row).
+constexpr int64_t kLanes = 64;
+
+inline float fold(float (&acc)[kLanes]) {
+  for (int64_t w = kLanes / 2; w >= 8; w /= 2)
+#pragma omp simd
+    for (int64_t j = 0; j < w; ++j) acc[j] += acc[j + w];
+  return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+}
+
+template <class TI, class F>
+inline float row_sum(const TI* __restrict x, int64_t D, F f) {
+  float acc[kLanes] = {};
+  int64_t d = 0;
+  for (; d + kLanes <= D; d += kLanes)
+#pragma omp simd
+    for (int64_t j = 0; j < kLanes; ++j) acc[j] += f(to_f32(x[d + j]));
+  for (int64_t j = 0; d + j < D; ++j) acc[j] += f(to_f32(x[d + j]));
+  return fold(acc);
+}
+
+template <class TI>
+inline float mean_sq(const TI* __restrict x, int64_t D) {
+  return row_sum(x, D, [](float v) { return v * v; }) / static_cast<float>(D);
+}
+
+// Mean and biased variance, two passes over the (L1-resident) row.
+template <class TI>
+inline void mean_var(const TI* __restrict x, int64_t D, float& mean, float& var) {
+  mean = row_sum(x, D, [](float v) { return v; }) / static_cast<float>(D);
+  const float m = mean;
+  var = row_sum(x, D, [m](float v) { return (v - m) * (v - m); }) / static_cast<float>(D);
+}
+
+#if LUMINA_SIMD
+// ---- AVX-512 row math: 16 floats per vector, masked tails ----
+namespace simd {
+
+using V = __m512;
+
+inline __mmask16 tail_mask(int64_t n) { return static_cast<__mmask16>((1u << n) - 1u); }  // n in [1, 16)
+
+inline V widen_bf16(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
+inline __m256i narrow_bf16(V v) {
+#if defined(__AVX512BF16__)
+  return reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v));  // round to nearest even, NaN -> quiet NaN
+#else
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), lsb), 16);
+  r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
+  return _mm512_cvtepi32_epi16(r);
+#endif
+}
+inline __m256i narrow_f16(V v) { return _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+
+inline const __m256i* m256(const void* p) { return static_cast<const __m256i*>(p); }
+
+inline V load(const float* p) { return _mm512_loadu_ps(p); }
+inline V load(const bf16* p) { return widen_bf16(_mm256_loadu_si256(m256(p))); }
+inline V load(const f16* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(m256(p))); }
+inline V load(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+inline V load(const bf16* p, __mmask16 m) { return widen_bf16(_mm256_maskz_loadu_epi16(m, p)); }
+inline V load(const f16* p, __mmask16 m) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p)); }
+
+template <class T>
+inline V round(V v);  // v rounded to T's precision
+template <>
+inline V round<float>(V v) {
+  return v;
+}
+template <>
+inline V round<bf16>(V v) {
+  return widen_bf16(narrow_bf16(v));
+}
+template <>
+inline V round<f16>(V v) {
+  return _mm512_cvtph_ps(narrow_f16(v));
+}
+
+template <bool NT>
+inline void store(float* p, V v) {
+  if constexpr (NT) _mm512_stream_ps(p, v);
+  else _mm512_storeu_ps(p, v);
+}
+template <bool NT>
+inline void store16(void* p, __m256i h) {
+  if constexpr (NT) _mm256_stream_si256(static_cast<__m256i*>(p), h);
+  else _mm256_storeu_si256(static_cast<__m256i*>(p), h);
+}
+template <bool NT>
+inline void store(bf16* p, V v) {
+  store16<NT>(p, narrow_bf16(v));
+}
+template <bool NT>
+inline void store(f16* p, V v) {
+  store16<NT>(p, narrow_f16(v));
+}
+inline void store(float* p, V v, __mmask16 m) { _mm512_mask_storeu_ps(p, m, v); }
+inline void store(bf16* p, V v, __mmask16 m) { _mm256_mask_storeu_epi16(p, m, narrow_bf16(v)); }
+inline void store(f16* p, V v, __mmask16 m) { _mm256_mask_storeu_epi16(p, m, narrow_f16(v)); }
+
+// sum of f(x) over a row of D = 16 k values, with four accumulators (callers add the masked tail)
+template <class TI, class F>
+inline float vsum(const TI* __restrict x, int64_t D, F f) {
+  V a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  int64_t d = 0;
+  for (; d + 64 <= D; d += 64) {
+    a0 = f(load(x + d), a0);
+    a1 = f(load(x + d + 16), a1);
+    a2 = f(load(x + d + 32), a2);
+    a3 = f(load(x + d + 48), a3);
+  }
+  for (; d + 16 <= D; d += 16) a0 = f(load(x + d), a0);
+  const V s = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
+  float total = _mm512_reduce_add_ps(s);
+  return total;
+}
+
+// bfloat16 rows: 32 values per load, widened by in-lane interleaves with zero (cheaper than vpmovzxwd + shift);
+// the lanes come out permuted, which a sum does not mind.
+template <class F>
+inline float vsum(const bf16* __restrict x, int64_t D, F f) {
+  const __m512i z = _mm512_setzero_si512();
+  V a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  int64_t d = 0;
+  for (; d + 64 <= D; d += 64) {
+    const __m512i u = _mm512_loadu_si512(x + d), w = _mm512_loadu_si512(x + d + 32);
+    a0 = f(_mm512_castsi512_ps(_mm512_unpacklo_epi16(z, u)), a0);
+    a1 = f(_mm512_castsi512_ps(_mm512_unpackhi_epi16(z, u)), a1);
+    a2 = f(_mm512_castsi512_ps(_mm512_unpacklo_epi16(z, w)), a2);
+    a3 = f(_mm512_castsi512_ps(_mm512_unpackhi_epi16(z, w)), a3);
+  }
+  for (; d + 16 <= D; d += 16) a0 = f(load(x + d), a0);
+  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+template <class TI>
+inline float mean_sq(const TI* __restrict x, int64_t D) {
+  const int64_t full = D / 16 * 16;
+  float total = vsum(x, full, [](V v, V a) { return _mm512_fmadd_ps(v, v, a); });
+  if (full < D) {
+    const V v = load(x + full, tail_mask(D - full));
+    total += _mm512_reduce_add_ps(_mm512_mul_ps(v, v));
+  }
+  return total / static_cast<float>(D);
+}
+
+template <class TI>
+inline void mean_var(const TI* __restrict x, int64_t D, float& mean, float& var) {
+  const int64_t full = D / 16 * 16;
+  const __mmask16 m = full < D ? tail_mask(D - full) : 0;
+  float total = vsum(x, full, [](V v, V a) { return _mm512_add_ps(v, a); });
+  if (m) total += _mm512_reduce_add_ps(load(x + full, m));
+  mean = total / static_cast<float>(D);
+  const V mv = _mm512_set1_ps(mean);
+  float sq = vsum(x, full, [mv](V v, V a) {
+    const V c = _mm512_sub_ps(v, mv);
+    return _mm512_fmadd_ps(c, c, a);
+  });
+  if (m) {
+    const V c = _mm512_maskz_sub_ps(m, load(x + full, m), mv);
+    sq += _mm512_reduce_add_ps(_mm512_mul_ps(c, c));
+  }
+  var = sq / static_cast<float>(D);
+}
+
+// o[d] = f(d, mask) for the row, full vectors then a masked tail; streaming stores when NT
+template <class TO, bool NT, class F>
+inline void write_row_as(TO* __restrict o, int64_t D, F f) {
+  int64_t d = 0;
+  for (; d + 16 <= D; d += 16) store<NT>(o + d, f(d, static_cast<__mmask16>(0xFFFF)));
+  if (d < D) {
+    const __mmask16 m = tail_mask(D - d);
+    store(o + d, f(d, m), m);
+  }
+}
+
+template <class TO, class F>
+inline void write_row(TO* __restrict o, int64_t D, bool stream, F f) {
+  constexpr uintptr_t align = 16 * sizeof(TO);  // one vector store
+  if (stream && reinterpret_cast<uintptr_t>(o) % align == 0) write_row_as<TO, true>(o, D, f);
+  else write_row_as<TO, false>(o, D, f);
+}
+
+// Inputs of a full vector are read unmasked; the tail lane mask m selects a masked load.
+template <class T>
+inline V load_at(const T* p, int64_t d, __mmask16 m) {
+  return m == 0xFFFF ? load(p + d) : load(p + d, m);
+}
+
+}  // namespace simd
+
+#endif
+
+// Per-batch coefficient rows [B, D] in float32 (tiny next to the [B, N, D] work): weight * (1 + scale[b]),
+// tanh(gate[b]) * weight, or 1 + scale[b].
+enum class Mod { kScale, kGate };
+
+std::vector<float> modulation(const float* w, const float* s, int64_t B, int64_t D, Mod kind) {
+  std::vector<float> coef(static_cast<size_t>(B * D));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t d = 0; d < D; ++d) {
+      const float sv = s[b * D + d];
+      const float m = kind == Mod::kGate ? std::tanh(sv) : 1.0f + sv;
+      coef[b * D + d] = w ? w[d] * m : m;
+    }
+  return coef;
+}
+
+inline void fence(bool stream) {
+#if LUMINA_SIMD
+  if (stream) _mm_sfence();
+#else
+  (void)stream;
+#endif
+}
+
+// out = round_TI(x * rstd) * coef[b]   (coef = weight * (1 + scale[b]))
+template <class TI, class TO>
+void rmsnorm_modulate_impl(uintptr_t x_p, const float* w, const float* s, uintptr_t out_p, int64_t B, int64_t N,
+                           int64_t D, int64_t sxb, int64_t sxn, float eps, int nt) {
+  const TI* x = ptr<const TI>(x_p);
+  TO* out = ptr<TO>(out_p);
+  const bool simd = g_simd, stream = B * N * D * static_cast<int64_t>(sizeof(TO)) >= kStreamBytes;
+  const std::vector<float> coef = modulation(w, s, B, D, Mod::kScale);
+#pragma omp parallel num_threads(nt)
+  {
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < B * N; ++r) {
+      const int64_t b = r / N, n = r - b * N;
+      const TI* __restrict xr = x + b * sxb + n * sxn;
+      const float* __restrict c = coef.data() + b * D;
+      TO* __restrict o = out + r * D;
+#if LUMINA_SIMD
+      if (simd) {
+        const simd::V rstd = _mm512_set1_ps(1.0f / std::sqrt(simd::mean_sq(xr, D) + eps));
+        simd::write_row(o, D, stream, [&](int64_t d, __mmask16 m) {
+          const simd::V xn = simd::round<TI>(_mm512_mul_ps(simd::load_at(xr, d, m), rstd));
+          return _mm512_mul_ps(xn, simd::load_at(c, d, m));
+        });
+        continue;
+      }
+#endif
+      const float rstd = 1.0f / std::sqrt(mean_sq(xr, D) + eps);
+#pragma omp simd
+      for (int64_t d = 0; d < D; ++d) o[d] = from_f32<TO>(round_to<TI>(to_f32(xr[d]) * rstd) * c[d]);
+    }
+    fence(stream && simd);
+  }
+}
+
+// out = x + round_TY(y * rstd) * coef[b]   (coef = tanh(gate[b]) * weight)
+template <class TX, class TY, class TO>
+void gated_residual_impl(uintptr_t x_p, uintptr_t y_p, const float* w, const float* g, uintptr_t out_p, int64_t B,
+                         int64_t N, int64_t D, int64_t sxb, int64_t sxn, int64_t syb, int64_t syn, float eps, int nt) {
+  const TX* x = ptr<const TX>(x_p);
+  const TY* y = ptr<const TY>(y_p);
+  TO* out = ptr<TO>(out_p);
+  const bool simd = g_simd, stream = B * N * D * static_cast<int64_t>(sizeof(TO)) >= kStreamBytes;
+  const std::vector<float> coef = modulation(w, g, B, D, Mod::kGate);
+#pragma omp parallel num_threads(nt)
+  {
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < B * N; ++r) {
+      const int64_t b = r / N, n = r - b * N;
+      const TX* __restrict xr = x + b * sxb + n * sxn;
+      const TY* __restrict yr = y + b * syb + n * syn;
+      const float* __restrict c = coef.data() + b * D;
+      TO* __restrict o = out + r * D;
+#if LUMINA_SIMD
+      if (simd) {
+        const simd::V rstd = _mm512_set1_ps(1.0f / std::sqrt(simd::mean_sq(yr, D) + eps));
+        simd::write_row(o, D, stream, [&](int64_t d, __mmask16 m) {
+          const simd::V yn = simd::round<TY>(_mm512_mul_ps(simd::load_at(yr, d, m), rstd));
+          return _mm512_fmadd_ps(yn, simd::load_at(c, d, m), simd::load_at(xr, d, m));
+        });
+        continue;
+      }
+#endif
+      const float rstd = 1.0f / std::sqrt(mean_sq(yr, D) + eps);
+#pragma omp simd
+      for (int64_t d = 0; d < D; ++d)
+        o[d] = from_f32<TO>(to_f32(xr[d]) + round_to<TY>(to_f32(yr[d]) * rstd) * c[d]);
+    }
+    fence(stream && simd);
+  }
+}
+
+// out = round_TI((x - mean) * rstd) * mod[b]   (mod = 1 + scale[b])
+template <class TI, class TO>
+void layernorm_modulate_impl(uintptr_t x_p, const float* s, uintptr_t out_p, int64_t B, int64_t N, int64_t D,
+                             int64_t sxb, int64_t sxn, float eps, int nt) {
+  const TI* x = ptr<const TI>(x_p);
+  TO* out = ptr<TO>(out_p);
+  const bool simd = g_simd, stream = B * N * D * static_cast<int64_t>(sizeof(TO)) >= kStreamBytes;
+  const std::vector<float> mod = modulation(nullptr, s, B, D, Mod::kScale);
+#pragma omp parallel num_threads(nt)
+  {
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < B * N; ++r) {
+      const int64_t b = r / N, n = r - b * N;
+      const TI* __restrict xr = x + b * sxb + n * sxn;
+      const float* __restrict m = mod.data() + b * D;
+      TO* __restrict o = out + r * D;
+      float mean, var;
+#if LUMINA_SIMD
+      if (simd) {
+        simd::mean_var(xr, D, mean, var);
+        const simd::V mv = _mm512_set1_ps(mean), rstd = _mm512_set1_ps(1.0f / std::sqrt(var + eps));
+        simd::write_row(o, D, stream, [&](int64_t d, __mmask16 k) {
+          const simd::V xn = simd::round<TI>(_mm512_mul_ps(_mm512_sub_ps(simd::load_at(xr, d, k), mv), rstd));
+          return _mm512_mul_ps(xn, simd::load_at(m, d, k));
+        });
+        continue;
+      }
+#endif
+      mean_var(xr, D, mean, var);
+      const float rstd = 1.0f / std::sqrt(var + eps);
+#pragma omp simd
+      for (int64_t d = 0; d < D; ++d) o[d] = from_f32<TO>(round_to<TI>((to_f32(xr[d]) - mean) * rstd) * m[d]);
+    }
+    fence(stream && simd);
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// RoPE: interleaved pairs, per token; cos / sin float32 rows of HALF, shared by the token's heads.
+// ------------------------------------------------------------------------------------------------
+
+template <class T>
+inline void rotate_row(const T* __restrict x, T* __restrict o, const float* __restrict c, const float* __restrict s,
+                       int64_t half) {
+#pragma omp simd
+  for (int64_t i = 0; i < half; ++i) {
+    const float a = to_f32(x[2 * i]), b = to_f32(x[2 * i + 1]);
+    o[2 * i] = from_f32<T>(a * c[i] - b * s[i]);
+    o[2 * i + 1] = from_f32<T>(a * s[i] + b * c[i]);
+  }
+}
+
+template <class T>
+void rope_impl(uintptr_t x_p, uintptr_t o_p, const float* cos, const float* sin, int64_t B, int64_t N, int64_t H,
+               int64_t half, int64_t cos_bstride, int nt) {
+  const T* x = ptr<const T>(x_p);
+  T* o = ptr<T>(o_p);
+  const int64_t row = H * 2 * half;
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t t = 0; t < B * N; ++t) {
+    const int64_t b = t / N, n = t - b * N;
+    const float* c = cos + (b * cos_bstride + n) * half;
+    const float* s = sin + (b * cos_bstride + n) * half;
+    for (int64_t h = 0; h < H; ++h) rotate_row(x + t * row + h * 2 * half, o + t * row + h * 2 * half, c, s, half);
+  }
+}
+
+// LayerNorm (affine, over the whole H*Dh row, rounded to T) then rotate.
+template <class T>
+void ln_rope_impl(uintptr_t x_p, uintptr_t o_p, const float* w, const float* bias, const float* cos, const float* sin,
+                  int64_t B, int64_t N, int64_t H, int64_t half, int64_t cos_bstride, float eps, int nt) {
+  const T* x = ptr<const T>(x_p);
+  T* o = ptr<T>(o_p);
+  const int64_t row = H * 2 * half;
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t t = 0; t < B * N; ++t) {
+    const int64_t b = t / N, n = t - b * N;
+    const float* __restrict c = cos + (b * cos_bstride + n) * half;
+    const float* __restrict s = sin + (b * cos_bstride + n) * half;
+    const T* __restrict xr = x + t * row;
+    T* __restrict orow = o + t * row;
+    float mean, var;
+    mean_var(xr, row, mean, var);
+    const float rstd = 1.0f / std::sqrt(var + eps);
+    for (int64_t h = 0; h < H; ++h) {
+      const T* __restrict xh = xr + h * 2 * half;
+      const float* __restrict wh = w + h * 2 * half;
+      const float* __restrict bh = bias + h * 2 * half;
+      T* __restrict oh = orow + h * 2 * half;
+#pragma omp simd
+      for (int64_t i = 0; i < half; ++i) {
+        const float a = round_to<T>((to_f32(xh[2 * i]) - mean) * rstd * wh[2 * i] + bh[2 * i]);
+        const float e = round_to<T>((to_f32(xh[2 * i + 1]) - mean) * rstd * wh[2 * i + 1] + bh[2 * i + 1]);
+        oh[2 * i] = from_f32<T>(a * c[i] - e * s[i]);
+        oh[2 * i + 1] = from_f32<T>(a * s[i] + e * c[i]);
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Patchify / unpatchify: pure data movement, so instantiated per element size (U = uint32_t or uint16_t).
+// Work item: one row of tokens (b, fi, hi) = Wt tokens x P features, contiguous in the token tensor, built from (or
+// scattered to) C*pf*ph latent rows of W contiguous elements; the block stays in L1/L2. For each (ipf, iph) the
+// move is a transpose of a [C, W] latent tile into W feature rows of C elements: done in 8 x 8 register tiles
+// (GCC vector shuffles, three rounds of interleaves), scalar loops for the edges.
+// ------------------------------------------------------------------------------------------------
+
+template <class U>
+struct Vec8 {
+  typedef U type __attribute__((vector_size(8 * sizeof(U))));
+};
+
+// Transpose 8 rows of 8 elements in registers: r[i][j] -> r[j][i].
+template <class U>
+inline void transpose8(typename Vec8<U>::type (&r)[8]) {
+  using V = typename Vec8<U>::type;
+  const V lo = {0, 8, 1, 9, 2, 10, 3, 11};
+  const V hi = {4, 12, 5, 13, 6, 14, 7, 15};
+  for (int round = 0; round < 3; ++round) {
+    V t[8];
+    for (int i = 0; i < 4; ++i) {
+      t[2 * i] = __builtin_shuffle(r[i], r[i + 4], lo);
+      t[2 * i + 1] = __builtin_shuffle(r[i], r[i + 4], hi);
+    }
+    for (int i = 0; i < 8; ++i) r[i] = t[i];
+  }
+}
+
+template <class U>
+inline typename Vec8<U>::type load8(const U* p) {
+  typename Vec8<U>::type v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+template <class U>
+inline void store8(U* p, const typename Vec8<U>::type& v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
+template <class U>
+void patchify_impl(uintptr_t x_p, uintptr_t o_p, int64_t B, int64_t C, int64_t Fc, int64_t H, int64_t W, int64_t pf,
+                   int64_t ph, int64_t pw, int64_t sb, int64_t sc, int64_t sf, int64_t sh, int64_t sw, int nt) {
+  const U* x = ptr<const U>(x_p);
+  U* out = ptr<U>(o_p);
+  const int64_t Ft = Fc / pf, Ht = H / ph, Wt = W / pw, P = pf * ph * pw * C;
+  // 8 x 8 tiles need unit latent stride along W and pw | 8; then the 8 feature rows of a tile sit at off[j]
+  const int64_t C8 = (sw == 1 && 8 % pw == 0) ? C / 8 * 8 : 0, W8 = W / 8 * 8;
+  int64_t off[8];
+  for (int j = 0; j < 8; ++j) off[j] = (j / pw) * P + (j % pw) * C;
+#pragma omp parallel for num_threads(nt) schedule(static) collapse(2)
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t fh = 0; fh < Ft * Ht; ++fh) {
+      const int64_t fi = fh / Ht, hi = fh - fi * Ht;
+      U* __restrict ob = out + (b * Ft * Ht + fh) * Wt * P;
+      for (int64_t ipf = 0; ipf < pf; ++ipf)
+        for (int64_t iph = 0; iph < ph; ++iph) {
+          const U* __restrict src = x + b * sb + (fi * pf + ipf) * sf + (hi * ph + iph) * sh;  // + c * sc + w * sw
+          U* __restrict dst = ob + (ipf * ph + iph) * pw * C;  // + (w / pw) * P + (w % pw) * C + c
+          for (int64_t c0 = 0; c0 < C8; c0 += 8) {
+            for (int64_t w0 = 0; w0 < W8; w0 += 8) {
+              typename Vec8<U>::type r[8];
+              for (int i = 0; i < 8; ++i) r[i] = load8(src + (c0 + i) * sc + w0);
+              transpose8<U>(r);
+              U* __restrict d = dst + (w0 / pw) * P + c0;
+              for (int j = 0; j < 8; ++j) store8(d + off[j], r[j]);
+            }
+            for (int64_t w = W8; w < W; ++w)
+              for (int64_t c = c0; c < c0 + 8; ++c) dst[(w / pw) * P + (w % pw) * C + c] = src[c * sc + w];
+          }
+          for (int64_t c = C8; c < C; ++c)
+            for (int64_t w = 0; w < W; ++w) dst[(w / pw) * P + (w % pw) * C + c] = src[c * sc + w * sw];
+        }
+    }
+}
+
+template <class U>
+void unpatchify_impl(uintptr_t t_p, uintptr_t o_p, int64_t B, int64_t C, int64_t frames, int64_t Fc, int64_t H,
+                     int64_t W, int64_t pf, int64_t ph, int64_t pw, int64_t stb, int64_t stn, int nt) {
+  const U* tok = ptr<const U>(t_p);
+  U* out = ptr<U>(o_p);
+  const int64_t Ft = Fc / pf, Ht = H / ph, Wt = W / pw;
+  const int64_t C8 = 8 % pw == 0 ? C / 8 * 8 : 0, W8 = W / 8 * 8;
+  int64_t off[8];
+  for (int j = 0; j < 8; ++j) off[j] = (j / pw) * stn + (j % pw) * C;
+#pragma omp parallel for num_threads(nt) schedule(static) collapse(2)
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t fh = 0; fh < Ft * Ht; ++fh) {
+      const int64_t fi = fh / Ht, hi = fh - fi * Ht;
+      for (int64_t ipf = 0; ipf < pf; ++ipf) {
+        const int64_t f = fi * pf + ipf;
+        if (f >= frames) break;  // an image keeps frame 0 of the pf computed frames
+        for (int64_t iph = 0; iph < ph; ++iph) {
+          // src + (w / pw) * stn + (w % pw) * C + c  ->  dst + c * frames * H * W + w
+          const U* __restrict src = tok + b * stb + fh * Wt * stn + (ipf * ph + iph) * pw * C;
+          U* __restrict dst = out + ((b * C * frames + f) * H + hi * ph + iph) * W;
+          const int64_t dc = frames * H * W;
+          for (int64_t c0 = 0; c0 < C8; c0 += 8) {
+            for (int64_t w0 = 0; w0 < W8; w0 += 8) {
+              typename Vec8<U>::type r[8];
+              const U* __restrict s0 = src + (w0 / pw) * stn + c0;
+              for (int j = 0; j < 8; ++j) r[j] = load8(s0 + off[j]);
+              transpose8<U>(r);
+              for (int i = 0; i < 8; ++i) store8(dst + (c0 + i) * dc + w0, r[i]);
+            }
+            for (int64_t c = c0; c < c0 + 8; ++c)
+              for (int64_t w = W8; w < W; ++w) dst[c * dc + w] = src[(w / pw) * stn + (w % pw) * C + c];
+          }
+          for (int64_t c = C8; c < C; ++c)
+            for (int64_t w = 0; w < W; ++w) dst[c * dc + w] = src[(w / pw) * stn + (w % pw) * C + c];
+        }
+      }
+    }
+}
+
+template <class F>
+void dispatch_size(int code, const char* what, F&& f) {
+  switch (code) {
+    case kF32:
+      f(uint32_t{});
+      break;
+    case kF16:
+    case kBF16:
+      f(uint16_t{});
+      break;
+    default:
+      bad_dtype(what, code);
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Python entry points (addresses as ints; the wrappers in kernels/cpu.py own all checks)
+// ------------------------------------------------------------------------------------------------
+
+void rmsnorm_modulate(uintptr_t x, int x_dtype, uintptr_t weight, uintptr_t scale, uintptr_t out, int out_dtype,
+                      int64_t B, int64_t N, int64_t D, int64_t sxb, int64_t sxn, double eps, int nthreads) {
+  dispatch(x_dtype, "rmsnorm_modulate x", [&](auto ti) {
+    dispatch(out_dtype, "rmsnorm_modulate out", [&](auto to) {
+      rmsnorm_modulate_impl<decltype(ti), decltype(to)>(x, ptr<const float>(weight), ptr<const float>(scale), out, B,
+                                                        N, D, sxb, sxn, static_cast<float>(eps), threads(nthreads));
+    });
+  });
+}
+
+void gated_residual(uintptr_t x, int x_dtype, uintptr_t y, int y_dtype, uintptr_t weight, uintptr_t gate,
+                    uintptr_t out, int out_dtype, int64_t B, int64_t N, int64_t D, int64_t sxb, int64_t sxn,
+                    int64_t syb, int64_t syn, double eps, int nthreads) {
+  dispatch(x_dtype, "gated_residual x", [&](auto tx) {
+    dispatch(y_dtype, "gated_residual y", [&](auto ty) {
+      dispatch(out_dtype, "gated_residual out", [&](auto to) {
+        gated_residual_impl<decltype(tx), decltype(ty), decltype(to)>(x, y, ptr<const float>(weight),
+                                                                      ptr<const float>(gate), out, B, N, D, sxb, sxn,
+                                                                      syb, syn, static_cast<float>(eps),
+                                                                      threads(nthreads));
+      });
+    });
+  });
+}
+
+void layernorm_modulate(uintptr_t x, int x_dtype, uintptr_t scale, uintptr_t out, int out_dtype, int64_t B,
+                        int64_t N, int64_t D, int64_t sxb, int64_t sxn, double eps, int nthreads) {
+  dispatch(x_dtype, "layernorm_modulate x", [&](auto ti) {
+    dispatch(out_dtype, "layernorm_modulate out", [&](auto to) {
+      layernorm_modulate_impl<decltype(ti), decltype(to)>(x, ptr<const float>(scale), out, B, N, D, sxb, sxn,
+                                                          static_cast<float>(eps), threads(nthreads));
+    });
+  });
+}
+
+void rope_qk(uintptr_t q, uintptr_t k, uintptr_t q_out, uintptr_t k_out, int q_dtype, int k_dtype, uintptr_t cos,
+             uintptr_t sin, int64_t B, int64_t N, int64_t Hq, int64_t Hk, int64_t Dh, int64_t cos_bstride,
+             int nthreads) {
+  const float* c = ptr<const float>(cos);
+  const float* s = ptr<const float>(sin);
+  const int nt = threads(nthreads);
+  dispatch(q_dtype, "rope_qk q", [&](auto t) { rope_impl<decltype(t)>(q, q_out, c, s, B, N, Hq, Dh / 2, cos_bstride, nt); });
+  dispatch(k_dtype, "rope_qk k", [&](auto t) { rope_impl<decltype(t)>(k, k_out, c, s, B, N, Hk, Dh / 2, cos_bstride, nt); });
+}
+
+void rope_qk_layernorm(uintptr_t q, uintptr_t k, uintptr_t q_out, uintptr_t k_out, int q_dtype, int k_dtype,
+                       uintptr_t cos, uintptr_t sin, uintptr_t q_w, uintptr_t q_b, uintptr_t k_w, uintptr_t k_b,
+                       int64_t B, int64_t N, int64_t Hq, int64_t Hk, int64_t Dh, int64_t cos_bstride, double eps,
+                       int nthreads) {
+  const float* c = ptr<const float>(cos);
+  const float* s = ptr<const float>(sin);
+  const int nt = threads(nthreads);
+  const float e = static_cast<float>(eps);
+  dispatch(q_dtype, "rope_qk_layernorm q", [&](auto t) {
+    ln_rope_impl<decltype(t)>(q, q_out, ptr<const float>(q_w), ptr<const float>(q_b), c, s, B, N, Hq, Dh / 2,
+                              cos_bstride, e, nt);
+  });
+  dispatch(k_dtype, "rope_qk_layernorm k", [&](auto t) {
+    ln_rope_impl<decltype(t)>(k, k_out, ptr<const float>(k_w), ptr<const float>(k_b), c, s, B, N, Hk, Dh / 2,
+                              cos_bstride, e, nt);
+  });
+}
+
+void patchify(uintptr_t x, uintptr_t out, int dtype, int64_t B, int64_t C, int64_t Fc, int64_t H, int64_t W,
+              int64_t pf, int64_t ph, int64_t pw, int64_t sb, int64_t sc, int64_t sf, int64_t sh, int64_t sw,
+              int nthreads) {
+  dispatch_size(dtype, "patchify x", [&](auto t) {
+    patchify_impl<decltype(t)>(x, out, B, C, Fc, H, W, pf, ph, pw, sb, sc, sf, sh, sw, threads(nthreads));
+  });
+}
+
+void unpatchify(uintptr_t tokens, uintptr_t out, int dtype, int64_t B, int64_t C, int64_t frames, int64_t Fc,
+                int64_t H, int64_t W, int64_t pf, int64_t ph, int64_t pw, int64_t stb, int64_t stn, int nthreads) {
+  dispatch_size(dtype, "unpatchify tokens", [&](auto t) {
+    unpatchify_impl<decltype(t)>(tokens, out, B, C, frames, Fc, H, W, pf, ph, pw, stb, stn, threads(nthreads));
+  });
+}
+
+// Element-wise dtype conversion with the portable converters above (exposed so tests can check them exhaustively).
+void convert(uintptr_t src, int src_dtype, uintptr_t dst, int dst_dtype, int64_t n) {
+  dispatch(src_dtype, "convert src", [&](auto ts) {
+    dispatch(dst_dtype, "convert dst", [&](auto td) {
+      using TS = decltype(ts);
+      using TD = decltype(td);
+      const TS* a = ptr<const TS>(src);
+      TD* b = ptr<TD>(dst);
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) b[i] = from_f32<TD>(to_f32(a[i]));
+    });
+  });
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "lumina_rt fused CPU ops (OpenMP); call through lumina_rt.kernels.cpu, which checks the inputs";
+  using py::arg;
+  const auto nogil = py::call_guard<py::gil_scoped_release>();
+  m.def("rmsnorm_modulate", &rmsnorm_modulate, nogil, arg("x"), arg("x_dtype"), arg("weight"), arg("scale"),
+        arg("out"), arg("out_dtype"), arg("B"), arg("N"), arg("D"), arg("sxb"), arg("sxn"), arg("eps"),
+        arg("nthreads"));
+  m.def("gated_residual", &gated_residual, nogil, arg("x"), arg("x_dtype"), arg("y"), arg("y_dtype"), arg("weight"),
+        arg("gate"), arg("out"), arg("out_dtype"), arg("B"), arg("N"), arg("D"), arg("sxb"), arg("sxn"), arg("syb"),
+        arg("syn"), arg("eps"), arg("nthreads"));
+  m.def("layernorm_modulate", &layernorm_modulate, nogil, arg("x"), arg("x_dtype"), arg("scale"), arg("out"),
+        arg("out_dtype"), arg("B"), arg("N"), arg("D"), arg("sxb"), arg("sxn"), arg("eps"), arg("nthreads"));
+  m.def("rope_qk", &rope_qk, nogil, arg("q"), arg("k"), arg("q_out"), arg("k_out"), arg("q_dtype"), arg("k_dtype"),
+        arg("cos"), arg("sin"), arg("B"), arg("N"), arg("Hq"), arg("Hk"), arg("Dh"), arg("cos_bstride"),
+        arg("nthreads"));
+  m.def("rope_qk_layernorm", &rope_qk_layernorm, nogil, arg("q"), arg("k"), arg("q_out"), arg("k_out"),
+        arg("q_dtype"), arg("k_dtype"), arg("cos"), arg("sin"), arg("q_w"), arg("q_b"), arg("k_w"), arg("k_b"),
+        arg("B"), arg("N"), arg("Hq"), arg("Hk"), arg("Dh"), arg("cos_bstride"), arg("eps"), arg("nthreads"));
+  m.def("patchify", &patchify, nogil, arg("x"), arg("out"), arg("dtype"), arg("B"), arg("C"), arg("Fc"), arg("H"),
+        arg("W"), arg("pf"), arg("ph"), arg("pw"), arg("sb"), arg("sc"), arg("sf"), arg("sh"), arg("sw"),
+        arg("nthreads"));
+  m.def("unpatchify", &unpatchify, nogil, arg("tokens"), arg("out"), arg("dtype"), arg("B"), arg("C"),
+        arg("frames"), arg("Fc"), arg("H"), arg("W"), arg("pf"), arg("ph"), arg("pw"), arg("stb"), arg("stn"),
+        arg("nthreads"));
+  m.def("convert", &convert, nogil, arg("src"), arg("src_dtype"), arg("dst"), arg("dst_dtype"), arg("n"),
+        "portable element conversion (float32 / float16 / bfloat16, round to nearest even), for tests");
+  m.def("simd_available", []() { return kSimdBuilt; }, "whether the AVX-512 row kernels were compiled in");
+  m.def("set_simd", [](bool on) { g_simd = on && kSimdBuilt; }, arg("on"),
+        "use the AVX-512 row kernels (default when built) or the portable ones (for tests)");
+  m.def("get_simd", []() { return g_simd; });
+  m.attr("DTYPE_CODES") = py::dict(py::arg("float32") = static_cast<int>(kF32), py::arg("float16") = static_cast<int>(kF16),
+                                   py::arg("bfloat16") = static_cast<int>(kBF16));
+}

@@ -1,0 +1,12 @@
+"""Shared pytest setup.
+
+Without CUDA, the Triton kernels run in the Triton interpreter; TRITON_INTERPRET must be set before any
+`@triton.jit` decorator runs, i.e. before lumina_rt.kernels' Triton modules are imported (conftest runs first).
+"""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")

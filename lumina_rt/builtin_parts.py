@@ -1,0 +1,352 @@
+"""The built-in model's parts: a tiny word-level text encoder, pixel latents, and reference generation.
+
+Registered in `lumina_rt.components` (imported automatically from there):
+
+- text encoder kind ``"lumina-tiny-text"``: a fixed vocabulary (``vocab`` file, one word a line) and a fixed
+  embedding table (``weights`` safetensors, key ``embedding`` [V, D]); unknown words map to ``<unk>``.
+  A prompt is encoded as ``<system prompt> <sep> <prompt>``; the system prompt defaults to the spec's
+  ``system_prompt`` (the ``toon`` source), so an empty prompt gives the caption-dropout (negative) condition.
+- decoder kind ``"lumina-tiny-pca"``: a small linear autoencoder fitted here (PCA of 4 x 4 pixel blocks,
+  12 whitened components), latents [12, F, H/4, W/4]; ``"pixels"`` (components.py) also works for pixel models.
+
+`builtin_dir()` is the shipped model's folder; `generate_reference(...)` samples it with the reference torch
+model and sampler, without the engine runtime.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from lumina_rt.components import (
+    LatentSpec,
+    load_decoder,
+    load_text_encoder,
+    read_components,
+    register_decoder,
+    register_text_encoder,
+)
+from lumina_rt.errors import CheckpointError, InputError, TextEncoderError
+
+logger = logging.getLogger(__name__)
+
+TEXT_KIND = "lumina-tiny-text"
+TEXT_WEIGHTS = "text_encoder.safetensors"
+TEXT_VOCAB = "text_vocab.txt"
+AE_KIND = "lumina-tiny-pca"
+AE_WEIGHTS = "autoencoder.safetensors"
+# Sampling recipe of the built-in model (CFG against the system-prompt-only caption, unconditioned motion).
+BUILTIN_SINGLE = dict(P="1x2", step=16, ts=2.0, cfg=3.0, motion=1.2, negMotion=-1.0)
+BUILTIN_MULTI = dict(P=["2x4", [0.1, "2x2"], [0.3, "1x2"]], step=16, ts=2.0, cfg=3.0, motion=1.2, negMotion=-1.0)
+
+
+def builtin_dir() -> Path:
+    """Folder of the shipped built-in model (config.json, model.safetensors, components.json, ...)."""
+    return Path(__file__).resolve().parent / "builtin"
+
+
+# ------------------------------------------------------------------------------------------------
+# Text encoder
+# ------------------------------------------------------------------------------------------------
+
+
+def fixed_embedding(vocab_size: int, dim: int, seed: int = 0) -> torch.Tensor:
+    """Deterministic embedding table [V, D]: orthogonal rows (when V <= D) scaled to unit RMS; <pad> is zero."""
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(max(vocab_size, dim), dim, generator=gen)
+    q, _ = torch.linalg.qr(a)  # orthonormal columns
+    table = q[:vocab_size] if vocab_size <= dim else a / dim**0.5
+    table = table * (dim**0.5) / table.norm(dim=1, keepdim=True).clamp_min(1e-6) if vocab_size <= dim else table
+    table[0] = 0.0
+    return table.contiguous()
+
+
+class TinyTextEncoder:
+    """Word-level encoder: tokens -> fixed embedding rows. `encode(prompts)` -> (cap_feats, cap_mask)."""
+
+    def __init__(self, vocab: Sequence[str], embedding: torch.Tensor, system_prompt: str = ""):
+        if embedding.shape[0] != len(vocab):
+            raise TextEncoderError(f"embedding has {embedding.shape[0]} rows for a vocabulary of {len(vocab)} words")
+        self.vocab = list(vocab)
+        self.index = {w: i for i, w in enumerate(self.vocab)}
+        self.embedding = embedding.float()
+        self.feature_dim = int(embedding.shape[1])
+        self.system_prompt = system_prompt
+
+    @classmethod
+    def create(cls, dim: int = 64, seed: int = 0) -> TinyTextEncoder:
+        from lumina_rt.data.captions import DEFAULT_SOURCE, SYSTEM_PROMPTS, vocabulary
+
+        vocab = vocabulary()
+        return cls(vocab, fixed_embedding(len(vocab), dim, seed), SYSTEM_PROMPTS[DEFAULT_SOURCE])
+
+    @classmethod
+    def load(cls, directory: str | Path, spec: dict[str, Any]) -> TinyTextEncoder:
+        directory = Path(directory)
+        try:
+            vocab = (directory / spec.get("vocab", TEXT_VOCAB)).read_text().split("\n")
+            embedding = load_file(str(directory / spec.get("weights", TEXT_WEIGHTS)))["embedding"]
+        except (OSError, KeyError) as exc:
+            raise TextEncoderError(f"cannot load the {TEXT_KIND} text encoder from {str(directory)!r}: {exc}") from None
+        return cls([w for w in vocab if w], embedding, spec.get("system_prompt", ""))
+
+    def save(self, directory: str | Path) -> dict[str, Any]:
+        """Write the vocabulary and table into `directory`; returns the components.json spec."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / TEXT_VOCAB).write_text("\n".join(self.vocab) + "\n")
+        save_file({"embedding": self.embedding.contiguous()}, str(directory / TEXT_WEIGHTS))
+        return dict(
+            kind=TEXT_KIND,
+            weights=TEXT_WEIGHTS,
+            vocab=TEXT_VOCAB,
+            feature_dim=self.feature_dim,
+            system_prompt=self.system_prompt,
+        )
+
+    def token_ids(self, prompt: str, system_prompt: str | None = None) -> list[int]:
+        from lumina_rt.data.captions import tokenize
+
+        system = self.system_prompt if system_prompt is None else system_prompt
+        words = [*tokenize(system), "<sep>", *tokenize(prompt)]
+        unk = self.index["<unk>"]
+        return [self.index.get(w, unk) for w in words]
+
+    def encode(
+        self, prompts: list[str], system_prompts: Sequence[str | None] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(prompts, str):
+            raise InputError("encode takes a list of prompts, got a single string")
+        systems = list(system_prompts) if system_prompts is not None else [None] * len(prompts)
+        if len(systems) != len(prompts):
+            raise InputError(f"{len(systems)} system prompts for {len(prompts)} prompts")
+        ids = [self.token_ids(p, s) for p, s in zip(prompts, systems)]
+        length = max(len(i) for i in ids)
+        tok = torch.zeros(len(ids), length, dtype=torch.long)
+        mask = torch.zeros(len(ids), length, dtype=torch.int64)
+        for row, seq in enumerate(ids):
+            tok[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+        return self.embedding[tok], mask
+
+
+@register_text_encoder(TEXT_KIND)
+def _tiny_text(directory: Path, spec: dict[str, Any]) -> TinyTextEncoder:
+    return TinyTextEncoder.load(directory, spec)
+
+
+# ------------------------------------------------------------------------------------------------
+# Latent space: a linear autoencoder (PCA of pixel blocks), fitted on the synthetic data
+# ------------------------------------------------------------------------------------------------
+
+
+class PCAAutoencoder:
+    """Pixels [B, 3, F, H, W] in [-1, 1] <-> whitened latents [B, C, F, H/f, W/f] (f x f blocks, C components).
+
+    Fitted by PCA on training clips; each component is standardised (zero mean, unit variance), so the
+    flow's unit noise is equally loud in every component, and residual noise in low-variance (detail)
+    components decodes to small pixel changes. `decode` (the Decoder protocol) returns frames in [0, 1].
+    """
+
+    def __init__(self, mean: torch.Tensor, basis: torch.Tensor, z_mean: torch.Tensor, z_std: torch.Tensor, factor: int):
+        self.mean, self.basis = mean.float(), basis.float()  # [3 f f], [3 f f, C]
+        self.z_mean, self.z_std = z_mean.float(), z_std.float()  # [C]
+        self.factor = int(factor)
+        self.channels = int(basis.shape[1])
+
+    @classmethod
+    def fit(cls, x: torch.Tensor, channels: int = 12, factor: int = 4) -> PCAAutoencoder:
+        blocks = _to_blocks(x, factor).double()
+        mean = blocks.mean(0)
+        _, _, vh = torch.linalg.svd(blocks - mean, full_matrices=False)
+        basis = vh[:channels].T.contiguous()
+        basis = basis * torch.where(basis.sum(0) < 0, -1.0, 1.0)  # deterministic signs
+        z = (blocks - mean) @ basis
+        return cls(mean, basis, z.mean(0), z.std(0).clamp_min(1e-6), factor)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, f, h, w = x.shape
+        z = (_to_blocks(x.float(), self.factor) - self.mean) @ self.basis
+        z = (z - self.z_mean) / self.z_std
+        k = self.factor
+        return z.reshape(b, f, h // k, w // k, self.channels).permute(0, 4, 1, 2, 3).contiguous()
+
+    def decode_pixels(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> pixels in [-1, 1] (unclamped)."""
+        b, c, f, hl, wl = latents.shape
+        z = latents.float().permute(0, 2, 3, 4, 1).reshape(-1, c) * self.z_std + self.z_mean
+        blocks = z @ self.basis.T + self.mean
+        k = self.factor
+        x = blocks.reshape(b, f, hl, wl, 3, k, k).permute(0, 4, 1, 2, 5, 3, 6)
+        return x.reshape(b, 3, f, hl * k, wl * k)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return ((self.decode_pixels(latents) + 1) / 2).clamp(0.0, 1.0)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"mean": self.mean, "basis": self.basis, "z_mean": self.z_mean, "z_std": self.z_std,
+                "factor": torch.tensor(self.factor)}  # fmt: skip
+
+    def save(self, directory: str | Path) -> dict[str, Any]:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.state().items()}, str(directory / AE_WEIGHTS))
+        return {"kind": AE_KIND, "weights": AE_WEIGHTS}
+
+    @classmethod
+    def load(cls, directory: str | Path, spec: dict[str, Any] | None = None) -> PCAAutoencoder:
+        path = Path(directory) / (spec or {}).get("weights", AE_WEIGHTS)
+        try:
+            s = load_file(str(path))
+        except OSError as exc:
+            raise CheckpointError(f"cannot load the {AE_KIND} autoencoder {str(path)!r}: {exc}") from None
+        return cls(s["mean"], s["basis"], s["z_mean"], s["z_std"], int(s["factor"]))
+
+
+def _to_blocks(x: torch.Tensor, k: int) -> torch.Tensor:
+    b, c, f, h, w = x.shape
+    if h % k or w % k:
+        raise InputError(f"frame size {h}x{w} is not a multiple of the autoencoder block {k}")
+    return x.reshape(b, c, f, h // k, k, w // k, k).permute(0, 2, 3, 5, 1, 4, 6).reshape(-1, c * k * k)
+
+
+@register_decoder(AE_KIND)
+def _tiny_pca(directory: Path, spec: dict[str, Any]) -> PCAAutoencoder:
+    return PCAAutoencoder.load(directory, spec)
+
+
+# ------------------------------------------------------------------------------------------------
+# Components of a built-in-style checkpoint
+# ------------------------------------------------------------------------------------------------
+
+
+def write_components(
+    directory: str | Path,
+    encoder: TinyTextEncoder,
+    autoencoder: PCAAutoencoder | None = None,
+    sampling: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write components.json (latent spec, tiny text encoder, decoder) and the files they name."""
+    directory = Path(directory)
+    if autoencoder is None:
+        latent = {"channels": 3, "temporal_factor": 1, "spatial_factor": 1, "scale": 1.0}
+        decoder = {"kind": "pixels"}
+    else:
+        latent = {"channels": autoencoder.channels, "temporal_factor": 1, "spatial_factor": autoencoder.factor,
+                  "scale": 1.0}  # fmt: skip
+        decoder = autoencoder.save(directory)
+    spec = {
+        "latent": latent,
+        "text_encoder": encoder.save(directory),
+        "decoder": decoder,
+        "sampling": sampling or {"single_scale": BUILTIN_SINGLE, "multi_scale": BUILTIN_MULTI},
+    }
+    (directory / "components.json").write_text(json.dumps(spec, indent=2) + "\n")
+    return spec
+
+
+def sample_presets(directory: str | Path | None = None) -> dict[str, dict[str, Any]]:
+    """The checkpoint's recommended sampling configs ("single_scale", "multi_scale")."""
+    comps = read_components(builtin_dir() if directory is None else directory)
+    return comps.get("sampling") or {"single_scale": BUILTIN_SINGLE, "multi_scale": BUILTIN_MULTI}
+
+
+# ------------------------------------------------------------------------------------------------
+# Reference generation (torch model + reference sampler)
+# ------------------------------------------------------------------------------------------------
+
+_CACHE: dict[str, Any] = {}
+
+
+def load_pipeline(directory: str | Path | None = None):
+    """(model, text encoder, decoder, latent spec) of a checkpoint directory (cached per directory)."""
+    from lumina_rt.checkpoint import load_model
+
+    directory = Path(builtin_dir() if directory is None else directory)
+    key = str(directory.resolve())
+    if key not in _CACHE:
+        model = load_model(directory)
+        encoder = load_text_encoder(directory)
+        decoder = load_decoder(directory)
+        if encoder is None or decoder is None:
+            raise TextEncoderError(f"{str(directory)!r} has no components.json naming a text encoder and decoder")
+        spec = LatentSpec(**read_components(directory)["latent"])
+        _CACHE[key] = (model, encoder, decoder, spec)
+    return _CACHE[key]
+
+
+@torch.no_grad()
+def generate_reference(
+    prompt: str | list[str],
+    frames: int = 8,
+    height: int = 32,
+    width: int = 32,
+    steps: int | None = None,
+    sample: str | dict[str, Any] = "single_scale",
+    cfg: float | None = None,
+    motion: float | list[float] | None = None,
+    seed: int = 0,
+    directory: str | Path | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Videos [B, 3, F, H, W] in [0, 1] (B = number of prompts) from the reference model and sampler.
+
+    `sample`: "single_scale" / "multi_scale" (the checkpoint's presets) or a SampleConfig dict; `motion` may
+    be one score per prompt (negative: unconditioned). Negative condition: the system prompt alone.
+    """
+    from lumina_rt.sampling import Conditioning, SampleConfig, sample_euler
+
+    model, encoder, decoder, spec = load_pipeline(directory)
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    cfg_dict = dict(sample_presets(directory)[sample]) if isinstance(sample, str) else dict(sample)
+    if steps is not None:
+        cfg_dict["step"] = int(steps)
+    if cfg is not None:
+        cfg_dict["cfg"] = float(cfg)
+    motions = motion if isinstance(motion, (list, tuple)) else None
+    if motion is not None and motions is None:
+        cfg_dict["motion"] = float(motion)
+    config = SampleConfig.from_dict(cfg_dict)
+    config.validate(model.config.patch_combos)
+    f, h, w = spec.latent_shape(frames, height, width)
+    gen = torch.Generator().manual_seed(int(seed))
+    z = torch.randn(len(prompts), spec.channels, f, h, w, generator=gen)
+    pos = Conditioning(*encoder.encode(prompts))
+    neg = Conditioning(*encoder.encode([""] * len(prompts)))
+    velocity = model.velocity
+    if motions is not None:
+        if len(motions) != len(prompts):
+            raise InputError(f"{len(motions)} motion scores for {len(prompts)} prompts")
+        per_item = torch.tensor(motions, dtype=torch.float32)
+
+        def velocity(x, t, cap_feats, cap_mask, m, combo):  # replace the scalar positive motion per item
+            b = len(prompts)
+            m = m.clone()
+            m[:b] = torch.where(m[:b] < 0, m[:b], per_item)
+            return model.velocity(x, t, cap_feats, cap_mask, m, combo)
+
+    latents = sample_euler(velocity, z, pos, neg, config, progress=progress)
+    return decoder.decode(latents / spec.scale)
+
+
+def save_video(frames: torch.Tensor, path: str | Path, fps: int = 8, upscale: int = 4) -> Path:
+    """Write frames [3, F, H, W] in [0, 1] as .gif or .mp4 (nearest-neighbour upscaled for viewing)."""
+    import imageio.v2 as imageio
+    import numpy as np
+
+    path = Path(path)
+    arr = (frames.clamp(0, 1).permute(1, 2, 3, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    if upscale > 1:
+        arr = arr.repeat(upscale, axis=1).repeat(upscale, axis=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".gif":
+        imageio.mimsave(path, list(arr), duration=1.0 / fps, loop=0)
+    else:
+        imageio.mimsave(path, list(arr), fps=fps, macro_block_size=1)
+    return path

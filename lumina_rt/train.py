@@ -1,0 +1,475 @@
+"""Reference trainer: flow matching with the Lumina-Video recipe, and the `lumina-rt train` subcommand.
+
+Recipe (see docs/training.md):
+
+- loss: flow-matching velocity MSE, x_t = t x1 + (1 - t) x0 (x0 noise, x1 data), target v = x1 - x0, plus the
+  released optional cosine term ``vd_weight * (1 - cos(pred, target))`` over the channel (feature) axis;
+- Algorithm 1: every patch size in every iteration, gradients accumulated over the patch sizes, each patch
+  size with its own time shift (larger patches, larger shift);
+- time sampling: logit-normal base t = sigmoid(n), n ~ N(0, 1) (or uniform), then the sampler's time shift
+  t' = t / (t + s - s t);
+- motion-score conditioning dropped with probability 0.4 (score -1 = unconditioned);
+- caption dropout that keeps the data source's system prompt (one system prompt per source);
+- image-video joint training: images (single frames) at the finest patch size only, shift 1;
+- progressive stages from the config file (resolution / frame rate rising by stage);
+- AdamW, gradient clipping, optional EMA, linear warm-up; atomic, resumable checkpoints (native layout);
+  a JSON-lines log and a progress bar.
+
+Every random draw of step k comes from generators seeded by (seed, k), so an interrupted and resumed run ends
+with exactly the weights of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from lumina_rt.checkpoint import NATIVE_WEIGHTS, save_native
+from lumina_rt.cli import register
+from lumina_rt.config import ModelConfig
+from lumina_rt.errors import CheckpointError, ConfigError
+from lumina_rt.model import MultiScaleNextDiT
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TRAIN: dict[str, Any] = dict(
+    seed=0,
+    batch_size=8,  # videos per iteration (every patch size sees the same clips, fresh noise and times)
+    image_batch_size=8,  # images per iteration (finest patch only); 0 disables joint training
+    lr=2e-4,
+    betas=[0.9, 0.999],
+    weight_decay=0.0,
+    warmup=0,
+    lr_decay_start=None,  # step from which lr follows a cosine down to lr_min_ratio * lr at the last step
+    lr_min_ratio=0.1,
+    grad_clip=2.0,
+    ema=0.0,  # EMA decay; 0 disables
+    vd_weight=0.0,  # released optional cosine term
+    motion_drop=0.4,
+    caption_drop=0.1,
+    time_sampling="logit-normal",  # or "uniform"
+    shifts={},  # combo -> training time shift; "image" for images; default: 1 (image) / 2 * tokens ratio
+    multiscale=True,  # Algorithm 1: all patch sizes every iteration (False: finest only, for ablation)
+    log_every=10,
+    ckpt_every=100,
+    keep_checkpoints=2,
+    threads=2,
+    text_seed=0,
+)
+DEFAULT_DATA: dict[str, Any] = dict(sources=["toon", "grainy"], hold_out=True, seed=0)
+# Latent space: "pixels" (in_channels 3) or "pca" (a linear autoencoder fitted on `fit_clips` clips at the
+# last stage's size: `channels` whitened components of `factor` x `factor` pixel blocks).
+DEFAULT_LATENT: dict[str, Any] = dict(kind="pixels", channels=12, factor=4, fit_clips=512)
+
+
+# ------------------------------------------------------------------------------------------------
+# Config
+# ------------------------------------------------------------------------------------------------
+
+
+def load_train_config(path_or_dict: str | Path | dict[str, Any]) -> dict[str, Any]:
+    """Read a training config (JSON, or TOML by extension) and fill in defaults."""
+    if isinstance(path_or_dict, dict):
+        raw = copy.deepcopy(path_or_dict)
+    else:
+        path = Path(path_or_dict)
+        if not path.is_file():
+            raise ConfigError(f"training config {str(path)!r} does not exist")
+        if path.suffix == ".toml":
+            import tomllib
+
+            raw = tomllib.loads(path.read_text())
+        else:
+            try:
+                raw = json.loads(path.read_text())
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{str(path)!r} is not valid JSON: {exc}") from None
+    unknown = sorted(set(raw) - {"model", "data", "latent", "train", "stages", "output", "export", "comment"})
+    if unknown:
+        raise ConfigError(f"unknown training config sections {unknown}")
+    train = {**DEFAULT_TRAIN, **raw.get("train", {})}
+    bad = sorted(set(train) - set(DEFAULT_TRAIN))
+    if bad:
+        raise ConfigError(f"unknown train keys {bad}; accepted: {sorted(DEFAULT_TRAIN)}")
+    data = {**DEFAULT_DATA, **raw.get("data", {})}
+    latent = {**DEFAULT_LATENT, **raw.get("latent", {})}
+    if latent["kind"] not in ("pixels", "pca"):
+        raise ConfigError(f"latent kind must be 'pixels' or 'pca', got {latent['kind']!r}")
+    stages = raw.get("stages") or [dict(iters=100, size=32, frames=8, frame_stride=1)]
+    for i, st in enumerate(stages):
+        missing = {"iters", "size", "frames"} - set(st)
+        if missing:
+            raise ConfigError(f"stage {i} lacks {sorted(missing)}")
+        st.setdefault("frame_stride", 1)
+        st.setdefault("name", f"stage{i}")
+    model = ModelConfig.from_kwargs(raw.get("model", {}), name="builtin")
+    if train["time_sampling"] not in ("logit-normal", "uniform"):
+        raise ConfigError(f"time_sampling must be 'logit-normal' or 'uniform', got {train['time_sampling']!r}")
+    want = 3 if latent["kind"] == "pixels" else int(latent["channels"])
+    if model.in_channels != want:
+        raise ConfigError(f"model in_channels={model.in_channels} but the {latent['kind']} latent has {want} channels")
+    return dict(
+        model=model, data=data, latent=latent, train=train, stages=stages, output=raw.get("output"),
+        export=raw.get("export"),
+    )  # fmt: skip
+
+
+def task_shifts(model_cfg: ModelConfig, shifts: dict[str, float]) -> dict[str, float]:
+    """Training time shift per task ("image" and every video combo): larger patches, larger shift.
+
+    Defaults follow the released recipe: images 1, the finest video patch 2, and the shift doubling with each
+    coarser patch size (1x2 -> 2, 2x2 -> 4, 2x4 -> 8 in the released model); `shifts` overrides any of them.
+    """
+    by_size = sorted(model_cfg.patch_combos, key=_patch_volume)
+    out = {"image": float(shifts.get("image", 1.0))}
+    for rank, c in enumerate(by_size):
+        out[c] = float(shifts.get(c, 2.0 * 2**rank))
+    return out
+
+
+def _patch_volume(combo: str) -> int:
+    pf, p = (int(v) for v in combo.split("x"))
+    return pf * p * p
+
+
+def finest_combo(model_cfg: ModelConfig) -> str:
+    return min(model_cfg.patch_combos, key=_patch_volume)
+
+
+# ------------------------------------------------------------------------------------------------
+# Loss and time sampling
+# ------------------------------------------------------------------------------------------------
+
+
+def shift_time(t: torch.Tensor, shift: float) -> torch.Tensor:
+    """The sampler's time shift t' = t / (t + s - s t) (s > 1 moves times toward noise, t = 0)."""
+    return t / (t + shift - shift * t)
+
+
+def sample_times(n: int, shift: float, mode: str, gen: torch.Generator) -> torch.Tensor:
+    base = torch.sigmoid(torch.randn(n, generator=gen)) if mode == "logit-normal" else torch.rand(n, generator=gen)
+    return shift_time(base, shift)
+
+
+def flow_matching_loss(pred: torch.Tensor, target: torch.Tensor, vd_weight: float = 0.0) -> torch.Tensor:
+    """Velocity MSE, plus `vd_weight * (1 - cosine similarity over the channel axis)` when vd_weight > 0."""
+    loss = F.mse_loss(pred.float(), target.float())
+    if vd_weight > 0:
+        loss = loss + vd_weight * (1 - F.cosine_similarity(pred.float(), target.float(), dim=1)).mean()
+    return loss
+
+
+def flow_matching_inputs(
+    x1: torch.Tensor, shift: float, mode: str, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_t, t, target velocity) for data x1 [B, C, F, H, W]."""
+    b = x1.shape[0]
+    t = sample_times(b, shift, mode, gen)
+    x0 = torch.randn(x1.shape, generator=gen)
+    tt = t.view(b, *([1] * (x1.dim() - 1)))
+    return tt * x1 + (1 - tt) * x0, t, x1 - x0
+
+
+def drop_conditions(
+    captions: list[str], motion: torch.Tensor, caption_p: float, motion_p: float, gen: torch.Generator
+) -> tuple[list[str], torch.Tensor]:
+    """Caption dropout (caption -> "", the system prompt stays) and motion dropout (score -> -1)."""
+    n = len(captions)
+    drop_cap = torch.rand(n, generator=gen) < caption_p
+    drop_motion = torch.rand(n, generator=gen) < motion_p
+    caps = ["" if d else c for c, d in zip(captions, drop_cap.tolist())]
+    return caps, torch.where(drop_motion, torch.full_like(motion, -1.0), motion)
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints
+# ------------------------------------------------------------------------------------------------
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(out: Path, step: int, model, opt, ema: dict[str, torch.Tensor] | None, extra: dict) -> Path:
+    """Write checkpoints/step-N (native layout + optimizer + EMA + trainer state) atomically, then `latest`."""
+    root = out / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:07d}"
+    tmp = root / f".step-{step:07d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_native(tmp, model.config, model.state_dict())
+    torch.save(opt.state_dict(), tmp / "optimizer.pt")
+    if ema is not None:
+        save_file({k: v.contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
+    (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **extra}, indent=1))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    _atomic_text(root / "latest", final.name)
+    return final
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    pointer = out / "checkpoints" / "latest"
+    if not pointer.is_file():
+        return None
+    path = out / "checkpoints" / pointer.read_text().strip()
+    if not (path / "trainer_state.json").is_file():
+        raise CheckpointError(f"{str(pointer)!r} names {str(path)!r}, which is not a complete checkpoint")
+    return path
+
+
+def _prune(out: Path, keep: int) -> None:
+    ckpts = sorted((out / "checkpoints").glob("step-*"))
+    for old in ckpts[: max(0, len(ckpts) - keep)]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# Trainer
+# ------------------------------------------------------------------------------------------------
+
+
+def _step_generator(seed: int, step: int, salt: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 97 + salt)
+
+
+def learning_rate(tc: dict[str, Any], step: int, total: int) -> float:
+    """Linear warm-up, constant, then (from `lr_decay_start`) a cosine down to `lr_min_ratio` * lr."""
+    lr = tc["lr"] * min(1.0, (step + 1) / tc["warmup"]) if tc["warmup"] else tc["lr"]
+    start = tc["lr_decay_start"]
+    if start is not None and step >= start and total > start:
+        frac = (step - start) / max(1, total - 1 - start)
+        lr = lr * (tc["lr_min_ratio"] + (1 - tc["lr_min_ratio"]) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+    return lr
+
+
+def _stage_at(stages: list[dict], step: int) -> tuple[int, dict]:
+    acc = 0
+    for i, st in enumerate(stages):
+        acc += int(st["iters"])
+        if step < acc:
+            return i, st
+    return len(stages) - 1, stages[-1]
+
+
+def train(
+    config: str | Path | dict[str, Any],
+    out_dir: str | Path | None = None,
+    resume: bool = True,
+    stop_after: int | None = None,
+    export_dir: str | Path | None = None,
+    progress: bool = True,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Train (or resume) from a config; returns {"out": dir, "step": n, "export": dir|None, "log": path}.
+
+    `stop_after`: stop (after checkpointing) once this many total steps are done, as an interruption would.
+    `threads`: override the config's torch thread count (on a shared machine 1 thread can be faster).
+    """
+    from lumina_rt.builtin_parts import AE_WEIGHTS, PCAAutoencoder, TinyTextEncoder, write_components
+    from lumina_rt.data import SYSTEM_PROMPTS, SyntheticDataset
+
+    cfg = load_train_config(config)
+    tc, mcfg = cfg["train"], cfg["model"]
+    out = Path(out_dir or cfg["output"] or "runs/train")
+    out.mkdir(parents=True, exist_ok=True)
+    if threads or tc["threads"]:
+        torch.set_num_threads(int(threads or tc["threads"]))
+    seed = int(tc["seed"])
+    torch.manual_seed(seed)
+    model = MultiScaleNextDiT(mcfg).train()
+    encoder = TinyTextEncoder.create(dim=mcfg.cap_feat_dim, seed=int(tc["text_seed"]))
+    dataset = SyntheticDataset(
+        seed=int(cfg["data"]["seed"]), sources=tuple(cfg["data"]["sources"]), hold_out=bool(cfg["data"]["hold_out"])
+    )
+    opt = torch.optim.AdamW(model.parameters(), lr=tc["lr"], betas=tuple(tc["betas"]), weight_decay=tc["weight_decay"])
+    ema = {k: v.detach().clone() for k, v in model.state_dict().items()} if tc["ema"] > 0 else None
+    autoencoder = None
+    if cfg["latent"]["kind"] == "pca":
+        if resume and (out / AE_WEIGHTS).is_file():
+            autoencoder = PCAAutoencoder.load(out)
+        else:
+            last = cfg["stages"][-1]
+            n_fit = int(cfg["latent"]["fit_clips"])
+            clips = torch.cat([dataset.video_batch(10**9 + i, 32, last["size"], last["frames"]).x
+                               for i in range((n_fit + 31) // 32)])[:n_fit]  # fmt: skip
+            autoencoder = PCAAutoencoder.fit(clips, int(cfg["latent"]["channels"]), int(cfg["latent"]["factor"]))
+            autoencoder.save(out)
+    to_latent = autoencoder.encode if autoencoder is not None else (lambda x: x)
+    shifts = task_shifts(mcfg, tc["shifts"])
+    combos = list(mcfg.patch_combos) if tc["multiscale"] else [finest_combo(mcfg)]
+    fine = finest_combo(mcfg)
+    total = sum(int(s["iters"]) for s in cfg["stages"])
+    log_path = out / "train_log.jsonl"
+
+    step = 0
+    elapsed_before = 0.0  # training seconds of earlier segments (a resumed run keeps counting)
+    latest = latest_checkpoint(out) if resume else None
+    if latest is not None:
+        state = json.loads((latest / "trainer_state.json").read_text())
+        step = int(state["step"])
+        elapsed_before = float(state.get("elapsed_s", 0.0))
+        model.load_state_dict(load_file(str(latest / NATIVE_WEIGHTS)), strict=True)
+        opt.load_state_dict(torch.load(latest / "optimizer.pt", weights_only=True))
+        if ema is not None:
+            ema = load_file(str(latest / "ema.safetensors"))
+        if log_path.is_file():  # drop log lines written after the checkpoint
+            keep = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= step]
+            log_path.write_text("".join(ln + "\n" for ln in keep))
+        logger.info("resumed from %s at step %d", latest, step)
+    elif log_path.exists():
+        log_path.unlink()
+    (out / "train_config.json").write_text(
+        json.dumps({**cfg, "model": mcfg.to_kwargs(), "shifts_used": shifts}, indent=1, default=str)
+    )
+    if autoencoder is not None and not (out / AE_WEIGHTS).is_file():
+        autoencoder.save(out)
+
+    end = total if stop_after is None else min(total, int(stop_after))
+    bar = tqdm(total=total, initial=step, desc="train", unit="it", disable=not progress, dynamic_ncols=True)
+    t_start = time.time()
+    running: dict[str, float] = {}
+    n_tasks = len(combos) + (1 if tc["image_batch_size"] > 0 else 0)
+    while step < end:
+        stage_i, stage = _stage_at(cfg["stages"], step)
+        lr = learning_rate(tc, step, total)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        gen = _step_generator(seed, step, 1)
+        batch = dataset.video_batch(step, tc["batch_size"], stage["size"], stage["frames"], stage["frame_stride"])
+        caps, motion = drop_conditions(batch.captions, batch.motion, tc["caption_drop"], tc["motion_drop"], gen)
+        feats, mask = encoder.encode(caps, [SYSTEM_PROMPTS[s] for s in batch.sources])
+        x_video = to_latent(batch.x)
+        opt.zero_grad(set_to_none=True)
+        losses = {}
+        for combo in combos:  # Algorithm 1: every patch size, gradients accumulated
+            pf, p = mcfg.check_combo(combo)
+            xt, t, target = flow_matching_inputs(x_video, shifts[combo], tc["time_sampling"], gen)
+            pred = model(xt, t, feats, mask, motion, p, pf)
+            loss = flow_matching_loss(pred, target, tc["vd_weight"])
+            (loss / n_tasks).backward()
+            losses[combo] = loss.item()
+        if tc["image_batch_size"] > 0:  # joint image training, finest patch only
+            ib = dataset.image_batch(step, tc["image_batch_size"], stage["size"])
+            icaps, _ = drop_conditions(ib.captions, ib.motion, tc["caption_drop"], 0.0, gen)
+            ifeats, imask = encoder.encode(icaps, [SYSTEM_PROMPTS[s] for s in ib.sources])
+            pf, p = mcfg.check_combo(fine)
+            xt, t, target = flow_matching_inputs(to_latent(ib.x), shifts["image"], tc["time_sampling"], gen)
+            loss = flow_matching_loss(model(xt, t, ifeats, imask, ib.motion, p, pf), target, tc["vd_weight"])
+            (loss / n_tasks).backward()
+            losses["image"] = loss.item()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc["grad_clip"]))
+        opt.step()
+        if ema is not None:
+            decay = min(tc["ema"], (1 + step) / (10 + step))
+            with torch.no_grad():
+                for k, v in model.state_dict().items():
+                    ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
+        step += 1
+        for k, v in losses.items():
+            running[k] = running.get(k, 0.0) + v
+        running["_n"] = running.get("_n", 0.0) + 1
+        bar.update(1)
+        bar.set_postfix(stage=stage["name"], loss=f"{sum(losses.values()) / len(losses):.4f}")
+        if step % tc["log_every"] == 0 or step == end:
+            n = running.pop("_n")
+            rec = {"step": step, "stage": stage["name"], "lr": lr, "grad_norm": round(grad_norm, 4)}
+            rec.update({f"loss/{k}": round(v / n, 5) for k, v in running.items()})
+            rec["loss"] = round(sum(v / n for v in running.values()) / len(running), 5)
+            rec["elapsed_s"] = round(elapsed_before + time.time() - t_start, 1)
+            with open(log_path, "a") as fh:
+                fh.write(json.dumps(rec) + "\n")
+            logger.debug("%s", rec)
+            running = {}
+        if step % tc["ckpt_every"] == 0 or step == end:
+            elapsed = round(elapsed_before + time.time() - t_start, 1)
+            save_checkpoint(out, step, model, opt, ema, {"stage": stage_i, "total": total, "elapsed_s": elapsed})
+            _prune(out, tc["keep_checkpoints"])
+    bar.close()
+    result = {"out": out, "step": step, "export": None, "log": log_path}
+    export = export_dir if export_dir is not None else cfg["export"]
+    if step >= total and export:
+        final_sd = ema if ema is not None else model.state_dict()
+        export = Path(export)
+        save_native(export, mcfg, final_sd)
+        write_components(export, encoder, autoencoder)
+        shutil.copy2(log_path, export / "train_log.jsonl")
+        shutil.copy2(out / "train_config.json", export / "train_config.json")
+        result["export"] = export
+        logger.info("exported %s weights to %s", "EMA" if ema is not None else "final", export)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI
+# ------------------------------------------------------------------------------------------------
+
+
+@register("train", "train a Multi-scale Next-DiT on the synthetic multi-source data (config: JSON or TOML)")
+def _train_cmd(p: argparse.ArgumentParser):
+    p.add_argument("config", help="training config, e.g. configs/builtin.json")
+    p.add_argument("--out", default=None, help="run directory (checkpoints, log); default: the config's 'output'")
+    p.add_argument("--export", default=None, help="write the final model here (default: the config's 'export')")
+    p.add_argument("--no-resume", action="store_true", help="start from scratch even if the run has checkpoints")
+    p.add_argument("--stop-after", type=int, default=None, help="stop after this many total steps (resumable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: the config's)")
+
+    def run(args: argparse.Namespace) -> int:
+        t0 = time.time()
+        res = train(
+            args.config, args.out, not args.no_resume, args.stop_after, args.export, not args.no_progress, args.threads
+        )
+        print(f"trained to step {res['step']} in {time.time() - t0:.0f} s; run dir {res['out']}", flush=True)
+        if res["export"]:
+            print(f"model written to {res['export']}")
+        return 0
+
+    return run
+
+
+@register("make-data", "write sample clips of the synthetic multi-source data (GIFs + captions.json)")
+def _make_data_cmd(p: argparse.ArgumentParser):
+    p.add_argument("out", help="output folder")
+    p.add_argument("-n", type=int, default=8, help="number of clips")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--frames", type=int, default=8)
+
+    def run(args: argparse.Namespace) -> int:
+        from lumina_rt.builtin_parts import save_video
+        from lumina_rt.data import SyntheticDataset
+
+        batch = SyntheticDataset(args.seed).video_batch(0, args.n, args.size, args.frames)
+        out = Path(args.out)
+        rows = []
+        for i in range(args.n):
+            save_video((batch.x[i] + 1) / 2, out / f"clip{i:03d}.gif")
+            rows.append(
+                {
+                    "file": f"clip{i:03d}.gif",
+                    "caption": batch.captions[i],
+                    "source": batch.sources[i],
+                    "motion_score": round(float(batch.motion[i]), 4),
+                }
+            )
+        (out / "captions.json").write_text(json.dumps(rows, indent=1))
+        print(f"wrote {args.n} clips to {out}")
+        return 0
+
+    return run

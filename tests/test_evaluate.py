@@ -1,0 +1,76 @@
+"""Evaluator: detection of colour / direction / speed in frames, Spearman, prompts, and the eval subcommand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from lumina_rt.data import COLOURS, DIRECTIONS, render_clip
+from lumina_rt.data.captions import HELD_OUT, SPEEDS
+from lumina_rt.data.synthetic import random_spec
+from lumina_rt.evaluate import EvalPrompt, eval_prompts, rankdata, score_videos, spearman
+
+
+def test_spearman_and_ties():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == 1.0
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == -1.0
+    assert rankdata(np.array([5.0, 1.0, 5.0, 3.0])).tolist() == [3.5, 1.0, 3.5, 2.0]
+    assert abs(spearman([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) - 0.8) < 1e-9
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_eval_prompts_are_held_out_and_cover_speeds():
+    prompts = eval_prompts()
+    assert len(prompts) == 3 * len(HELD_OUT)
+    assert {(p.colour, p.shape, p.direction) for p in prompts} == set(HELD_OUT)
+    assert {p.speed for p in prompts} == set(SPEEDS)
+    assert len({p.motion for p in prompts}) == len(prompts)  # distinct requested scores
+    for p in prompts:
+        assert p.colour in p.prompt and p.direction in p.prompt and p.speed in p.prompt
+
+
+def _videos(prompts: list[EvalPrompt], source="toon") -> torch.Tensor:
+    rng = np.random.default_rng(0)
+    clips = []
+    for p in prompts:
+        spec = random_spec(rng, source, p.colour, p.shape, p.direction, p.speed)
+        clips.append(render_clip(spec.__class__(**{**spec.to_dict(), "speed": p.motion})))
+    return torch.stack(clips)
+
+
+def test_perfect_videos_score_full_adherence():
+    prompts = eval_prompts()
+    for source in ("toon", "grainy"):
+        r = score_videos(_videos(prompts, source), prompts)
+        assert r["colour_adherence"] == 100.0 and r["direction_adherence"] == 100.0
+        assert r["speed_word_adherence"] == 100.0 and r["spearman_motion"] > 0.98
+
+
+def test_wrong_videos_score_low():
+    prompts = eval_prompts()[:12]
+    colours, dirs = list(COLOURS), list(DIRECTIONS)
+    swapped = [
+        EvalPrompt(
+            colours[(colours.index(p.colour) + 1) % 6],
+            p.shape,
+            dirs[(dirs.index(p.direction) + 1) % 4],
+            p.speed,
+            p.motion,
+            p.prompt,
+        )
+        for p in prompts
+    ]
+    r = score_videos(_videos(swapped), prompts)
+    assert r["colour_adherence"] == 0.0 and r["direction_adherence"] == 0.0
+    blank = torch.full((3, 3, 8, 32, 32), 0.5)  # no object at all
+    r = score_videos(blank, prompts[:3])
+    assert r["object_found"] == 0.0 and r["colour_adherence"] == 0.0
+
+
+def test_eval_subcommand_is_registered():
+    from lumina_rt.cli import build_parser
+
+    args = build_parser().parse_args(["eval", "--steps", "8", "--schedules", "single_scale"])
+    assert args.steps == 8 and args.schedules == "single_scale"

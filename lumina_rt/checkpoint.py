@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from lumina_rt.config import PRESETS, RELEASED_CONSTRUCTORS, ModelConfig
@@ -149,7 +150,21 @@ def load_config(path: str | os.PathLike) -> ModelConfig:
             raise CheckpointError(f"{str(p / NATIVE_CONFIG)!r} is not valid JSON: {exc}") from None
         return ModelConfig.from_kwargs(kwargs, name=p.name)
     args = read_released_args(p / RELEASED_ARGS)
-    return config_from_released_args(args, _released_state_dict(p))
+    return config_from_released_args(args, _released_shapes(p))
+
+
+def _released_shapes(p: Path) -> dict[str, torch.Tensor]:
+    """Released weights as meta tensors (shapes only): safetensors headers are read, no weights are loaded."""
+    st = p / RELEASED_WEIGHTS[0]
+    if not st.is_file():
+        return {k: v.to("meta") for k, v in _released_state_dict(p).items()}  # .pth: no header to read
+    try:
+        with safe_open(str(st), "pt") as f:
+            return {
+                k.replace("_orig_mod.", ""): torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()
+            }
+    except Exception as exc:  # safetensors raises its own error types
+        raise CheckpointError(f"cannot read weights {str(st)!r}: {exc}") from None
 
 
 def _released_state_dict(p: Path) -> dict[str, torch.Tensor]:

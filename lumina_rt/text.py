@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Protocol
 
 import torch
 
@@ -22,14 +21,6 @@ SYSTEM_PROMPT = (
 )
 MAX_TOKENS = 256
 PAD_MULTIPLE = 8
-
-
-class TextEncoder(Protocol):
-    """Anything that turns prompts into (cap_feats [B, L, D], cap_mask [B, L])."""
-
-    feature_dim: int
-
-    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 class GemmaTextEncoder:

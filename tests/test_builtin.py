@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 
 from lumina_rt import components
@@ -13,7 +12,6 @@ from lumina_rt.checkpoint import load_model
 from lumina_rt.data.motion import analyse_frames
 
 BUILTIN = builtin_dir()
-pytestmark = pytest.mark.skipif(not (BUILTIN / "model.safetensors").is_file(), reason="built-in model not trained")
 
 
 def test_folder_is_complete_and_small():

@@ -490,18 +490,54 @@ inline void rotate_row(const T* __restrict x, T* __restrict o, const float* __re
   }
 }
 
+#if LUMINA_SIMD
+// 8 pairs per vector: (a, b) * (c, c) -/+ (b, a) * (s, s) with one fmaddsub; leftover pairs go to rotate_row.
+template <class T, bool NT>
+inline void rotate_row_simd(const T* __restrict x, T* __restrict o, const float* __restrict c,
+                            const float* __restrict s, int64_t half) {
+  const __m512i dup = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
+  int64_t i = 0;
+  for (; i + 8 <= half; i += 8) {
+    const simd::V v = simd::load(x + 2 * i);
+    const simd::V cd = _mm512_permutexvar_ps(dup, _mm512_castps256_ps512(_mm256_loadu_ps(c + i)));
+    const simd::V sd = _mm512_permutexvar_ps(dup, _mm512_castps256_ps512(_mm256_loadu_ps(s + i)));
+    const simd::V swapped = _mm512_permute_ps(v, 0xB1);  // (b, a) in every pair
+    simd::store<NT>(o + 2 * i, _mm512_fmaddsub_ps(v, cd, _mm512_mul_ps(swapped, sd)));
+  }
+  if (i < half) rotate_row(x + 2 * i, o + 2 * i, c + i, s + i, half - i);
+}
+#endif
+
 template <class T>
 void rope_impl(uintptr_t x_p, uintptr_t o_p, const float* cos, const float* sin, int64_t B, int64_t N, int64_t H,
                int64_t half, int64_t cos_bstride, int nt) {
   const T* x = ptr<const T>(x_p);
   T* o = ptr<T>(o_p);
   const int64_t row = H * 2 * half;
-#pragma omp parallel for num_threads(nt) schedule(static)
-  for (int64_t t = 0; t < B * N; ++t) {
-    const int64_t b = t / N, n = t - b * N;
-    const float* c = cos + (b * cos_bstride + n) * half;
-    const float* s = sin + (b * cos_bstride + n) * half;
-    for (int64_t h = 0; h < H; ++h) rotate_row(x + t * row + h * 2 * half, o + t * row + h * 2 * half, c, s, half);
+  const bool simd = g_simd, stream = B * N * row * static_cast<int64_t>(sizeof(T)) >= kStreamBytes;
+#pragma omp parallel num_threads(nt)
+  {
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < B * N; ++t) {
+      const int64_t b = t / N, n = t - b * N;
+      const float* c = cos + (b * cos_bstride + n) * half;
+      const float* s = sin + (b * cos_bstride + n) * half;
+      for (int64_t h = 0; h < H; ++h) {
+        const T* xr = x + t * row + h * 2 * half;
+        T* orow = o + t * row + h * 2 * half;
+#if LUMINA_SIMD
+        if (simd) {
+          if (stream && reinterpret_cast<uintptr_t>(orow) % (16 * sizeof(T)) == 0)
+            rotate_row_simd<T, true>(xr, orow, c, s, half);
+          else
+            rotate_row_simd<T, false>(xr, orow, c, s, half);
+          continue;
+        }
+#endif
+        rotate_row(xr, orow, c, s, half);
+      }
+    }
+    fence(stream && simd);
   }
 }
 

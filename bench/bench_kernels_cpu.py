@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -180,6 +181,10 @@ def test_patchify(benchmark, op, combo, dtype):
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import _report
+
+    _report.steady_allocator()  # as under pytest bench/ (conftest.py)
     threads = int(sys.argv[1]) if len(sys.argv) > 1 else torch.get_num_threads()
     torch.set_num_threads(threads)
     cols = ("op", "dtype", "shape", "threads", "eager_ms", "fused_ms", "speedup", "speedup_min", "gbps", "pct_of_copy")

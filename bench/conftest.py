@@ -14,6 +14,7 @@ import _report  # noqa: E402
 
 
 def pytest_sessionstart(session):
+    _report.steady_allocator()
     _report.measure_ceilings()
 
 

@@ -43,6 +43,28 @@ def test_every_colour_shape_direction_is_recovered_from_frames():
             assert a.present and a.colour == colour and a.direction == direction, (colour, shape, direction, source)
 
 
+def test_moving_objects_leave_a_fading_trail_behind_them():
+    import dataclasses
+
+    from lumina_rt.data.motion import object_mask
+    from lumina_rt.data.synthetic import trail_length
+
+    for direction, (dx, dy) in DIRECTIONS.items():
+        spec = dataclasses.replace(_spec(2, direction=direction), x0=16.0, y0=16.0, speed=2.0)  # centred (frame 0)
+        mask = object_mask(render_clip(spec, frames=1))[0]
+        coords = torch.arange(32, dtype=torch.float32) + 0.5 - 16.0
+        along = dx * coords[None, :] + dy * coords[:, None]  # signed distance along the direction of motion
+        behind = float(mask[along < -spec.radius - 0.5].sum())
+        ahead = float(mask[along > spec.radius + 0.5].sum())
+        assert behind > 3.0 and ahead < 0.5, (direction, behind, ahead)  # faded copies only behind the object
+    assert trail_length(2.5) > trail_length(1.0) > trail_length(0.4)  # faster objects, longer trails
+    # the trail is fainter than the object: at most TRAIL_ALPHA of the colour is blended into the background
+    spec = dataclasses.replace(_spec(2, direction="right"), x0=16.0, y0=16.0, speed=2.0)
+    frame = render_clip(spec, frames=1)[:, 0]
+    chroma = frame.amax(0) - frame.amin(0)
+    assert float(chroma[16, 16]) > float(chroma[16, int(16 - spec.radius - 2)]) + 0.2
+
+
 def test_sources_are_visually_distinct():
     toon = torch.stack([render_clip(_spec(i, "toon")) for i in range(6)])
     grainy = torch.stack([render_clip(_spec(i, "grainy")) for i in range(6)])

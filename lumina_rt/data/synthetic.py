@@ -6,8 +6,8 @@ Two sources look clearly different:
 - ``toon``: bright low-saturation backgrounds (plain, striped, dotted), clean flat objects;
 - ``grainy``: dark backgrounds (plain, striped, checkered), per-frame sensor noise, dimmer objects.
 
-Backgrounds are always low in chroma (max - min of RGB), the objects high, which is what the motion
-measurement and the evaluator use to find the object.
+Moving objects leave a fading trail behind them (`trail_length`). Backgrounds are always low in chroma
+(max - min of RGB), the objects high, which is what the motion measurement and the evaluator use to find the object.
 """
 
 from __future__ import annotations
@@ -21,6 +21,11 @@ import torch
 from lumina_rt.data.captions import COLOURS, DIRECTIONS, SHAPES, SPEED_RANGES
 
 REFERENCE_SIZE = 32
+# Motion trail (an after-image, as a camera's shutter smears a moving object): faded copies of the shape behind the
+# object, TRAIL_BASE + TRAIL_PER_SPEED * speed reference pixels long, starting at TRAIL_ALPHA opacity. It makes the
+# direction and speed of motion visible in every single frame - a local cue like colour; without it a 56-minute run
+# learned colour but ignored the direction word (swapping it changed the loss by 0.3 %).
+TRAIL_BASE, TRAIL_PER_SPEED, TRAIL_ALPHA, TRAIL_SAMPLES = 3.0, 3.0, 0.6, 8
 SOURCES = ("toon", "grainy")
 SOURCE_BACKGROUNDS = {"toon": ("plain", "striped", "dotted"), "grainy": ("plain", "striped", "checkered")}
 
@@ -128,6 +133,24 @@ def _shape_alpha(shape: str, px: torch.Tensor, py: torch.Tensor, radius: float, 
     return (0.5 - dist / pixel).clamp(0.0, 1.0)
 
 
+def trail_length(speed: float) -> float:
+    """Length (reference pixels) of the fading trail behind an object moving at `speed` pixels per frame."""
+    return TRAIL_BASE + TRAIL_PER_SPEED * speed
+
+
+def _trail_alpha(
+    spec: ClipSpec, xx: torch.Tensor, yy: torch.Tensor, cx: float, cy: float, pixel: float
+) -> torch.Tensor:
+    """Coverage of the trail: copies of the shape behind the object, fading linearly to nothing."""
+    dx, dy = DIRECTIONS[spec.direction]
+    length = trail_length(spec.speed)
+    j = torch.arange(1, TRAIL_SAMPLES + 1, dtype=torch.float32)[:, None, None]
+    back = length * j / TRAIL_SAMPLES  # [J, 1, 1] distances behind the object
+    weight = TRAIL_ALPHA * (1 - (j - 1) / TRAIL_SAMPLES)
+    a = _shape_alpha(spec.shape, xx - (cx - dx * back), yy - (cy - dy * back), spec.radius, pixel)
+    return (weight * a).amax(0)
+
+
 def render_clip(spec: ClipSpec, frames: int = 8, size: int = 32, frame_stride: int = 1) -> torch.Tensor:
     """Frames [3, frames, size, size] in [0, 1]; frame k shows generator time k * frame_stride."""
     pixel = REFERENCE_SIZE / size
@@ -144,7 +167,9 @@ def render_clip(spec: ClipSpec, frames: int = 8, size: int = 32, frame_stride: i
         step = k * frame_stride
         cx, cy = spec.x0 + dx * spec.speed * step, spec.y0 + dy * spec.speed * step
         alpha = _shape_alpha(spec.shape, xx - cx, yy - cy, spec.radius, pixel)[None]
-        frame = background * (1 - alpha) + colour * alpha
+        trail = _trail_alpha(spec, xx, yy, cx, cy, pixel)[None]
+        frame = background * (1 - trail) + colour * trail
+        frame = frame * (1 - alpha) + colour * alpha
         if spec.source == "grainy":
             frame = frame + 0.035 * torch.randn(frame.shape, generator=gen)
         out.append(frame)

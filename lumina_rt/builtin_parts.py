@@ -44,8 +44,8 @@ AE_WEIGHTS = "autoencoder.safetensors"
 # Sampling recipe of the built-in model (CFG against the system-prompt-only caption, unconditioned motion).
 BUILTIN_SINGLE = dict(P="1x2", step=16, ts=2.0, cfg=3.0, motion=1.2, negMotion=-1.0)
 # Multi-scale: 2x2 patches (half the tokens) until t = 0.1, then 1x2. Chosen over the released-style
-# ["2x4", [0.1, "2x2"], [0.3, "1x2"]] on tuning seeds 1-3 (direction 58 % vs 39 %; single-scale 54 %): the 2x4
-# embedder sees a 2 x 2 token grid per frame pair and loses the direction of motion (docs/training.md).
+# ["2x4", [0.1, "2x2"], [0.3, "1x2"]] on tuning seeds 1-3 (direction 58 % vs 39 %; single-scale 54 %); presumably
+# the 2x4 embedder's 2 x 2 token grid per frame pair is too coarse to fix the direction early (docs/training.md).
 BUILTIN_MULTI = dict(P=["2x2", [0.1, "1x2"]], step=16, ts=2.0, cfg=3.0, motion=1.2, negMotion=-1.0)
 
 

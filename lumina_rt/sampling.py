@@ -289,7 +289,7 @@ def sample_euler(
         combo = str(time_aware_value(config.P, t0, "P"))
         if callback is not None:
             callback(k, t0, combo)
-        bar.set_postfix(t=f"{t0:.3f}", P=combo)
+        bar.set_postfix(t=f"{t0:.3f}", P=combo, refresh=False)
         v = guided_velocity(velocity_fn, x.to(z.dtype), t0, pos, neg, config)
         x = x + (t1 - t0) * v
         if states is not None:

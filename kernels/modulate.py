@@ -68,6 +68,14 @@ def layernorm_modulate_ref(x: torch.Tensor, scale: torch.Tensor, eps: float) -> 
 
 
 @triton.jit
+def _rmsnorm_tile(ptr, base, rows, stride_n, cols, mask, D, eps):
+    """A [ROWS, BLOCK_D] tile of rows RMS-normalised in float32, rounded to the tensor's dtype (as the reference)."""
+    v = tl.load(ptr + base + rows[:, None] * stride_n + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    rstd = tl.rsqrt(tl.sum(v * v, axis=1) / D + eps)
+    return round_to(v * rstd[:, None], ptr.dtype.element_ty)
+
+
+@triton.jit
 def _rmsnorm_modulate_kernel(
     x_ptr, w_ptr, s_ptr, out_ptr,
     N, D, eps,
@@ -87,10 +95,7 @@ def _rmsnorm_modulate_kernel(
     for it in range(ITERS):
         rows = (blk * ITERS + it) * ROWS + tl.arange(0, ROWS)
         mask = (rows < N)[:, None] & cmask[None, :]
-        x = tl.load(x_ptr + b * stride_xb + rows[:, None] * stride_xn + cols[None, :], mask=mask, other=0.0)
-        x = x.to(tl.float32)
-        rstd = tl.rsqrt(tl.sum(x * x, axis=1) / D + eps)
-        xn = round_to(x * rstd[:, None], x_ptr.dtype.element_ty)
+        xn = _rmsnorm_tile(x_ptr, b * stride_xb, rows, stride_xn, cols, mask, D, eps)
         out = cast_to(xn * coef, out_ptr.dtype.element_ty)
         tl.store(out_ptr + (b * N + rows[:, None]) * D + cols[None, :], out, mask=mask)
 
@@ -127,10 +132,7 @@ def _gated_residual_kernel(
     for it in range(ITERS):
         rows = (blk * ITERS + it) * ROWS + tl.arange(0, ROWS)
         mask = (rows < N)[:, None] & cmask[None, :]
-        y = tl.load(y_ptr + b * stride_yb + rows[:, None] * stride_yn + cols[None, :], mask=mask, other=0.0)
-        y = y.to(tl.float32)
-        rstd = tl.rsqrt(tl.sum(y * y, axis=1) / D + eps)
-        yn = round_to(y * rstd[:, None], y_ptr.dtype.element_ty)
+        yn = _rmsnorm_tile(y_ptr, b * stride_yb, rows, stride_yn, cols, mask, D, eps)
         x = tl.load(x_ptr + b * stride_xb + rows[:, None] * stride_xn + cols[None, :], mask=mask, other=0.0)
         out = cast_to(x.to(tl.float32) + yn * coef, out_ptr.dtype.element_ty)
         tl.store(out_ptr + (b * N + rows[:, None]) * D + cols[None, :], out, mask=mask)

@@ -101,6 +101,16 @@ def score_videos(videos: torch.Tensor, prompts: list[EvalPrompt]) -> dict[str, A
             )
         )
     n = max(1, len(rows))
+    by_speed = {}
+    for speed in C.SPEEDS:
+        sub = [r for r, p in zip(rows, prompts) if p.speed == speed]
+        if sub:
+            by_speed[speed] = dict(
+                n=len(sub),
+                direction_adherence=round(100.0 * sum(r["direction_ok"] for r in sub) / len(sub), 2),
+                mean_measured_motion=round(sum(r["measured_motion"] for r in sub) / len(sub), 4),
+                mean_requested_motion=round(sum(r["requested_motion"] for r in sub) / len(sub), 4),
+            )
     return dict(
         n=len(rows),
         colour_adherence=round(100.0 * sum(r["colour_ok"] for r in rows) / n, 2),
@@ -108,6 +118,7 @@ def score_videos(videos: torch.Tensor, prompts: list[EvalPrompt]) -> dict[str, A
         speed_word_adherence=round(100.0 * sum(r["speed_ok"] for r in rows) / n, 2),
         object_found=round(100.0 * sum(r["present"] for r in rows) / n, 2),
         spearman_motion=round(spearman([r["requested_motion"] for r in rows], [r["measured_motion"] for r in rows]), 4),
+        by_speed=by_speed,  # direction adherence and mean motion per requested speed word
         samples=rows,
     )
 
@@ -182,6 +193,11 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             f"{name:<14} {r['colour_adherence']:>9.1f} {r['direction_adherence']:>12.1f} "
             f"{r['speed_word_adherence']:>13.1f} {r['spearman_motion']:>9.3f}"
         )
+    lines.append("direction % by requested speed (slowly / steadily / quickly):")
+    for name, r in report["schedules"].items():
+        per = r.get("by_speed", {})
+        cells = [f"{per[s]['direction_adherence']:.1f}" for s in C.SPEEDS if s in per]
+        lines.append(f"  {name:<12} " + " / ".join(cells))
     return lines
 
 

@@ -58,6 +58,7 @@ DEFAULT_TRAIN: dict[str, Any] = dict(
     grad_clip=2.0,
     ema=0.0,  # EMA decay; 0 disables
     vd_weight=0.0,  # released optional cosine term
+    autocast="none",  # "bf16": CPU mixed precision (bf16 linear layers, fp32 weights, attention and loss)
     motion_drop=0.4,
     caption_drop=0.1,
     time_sampling="logit-normal",  # or "uniform"
@@ -116,6 +117,8 @@ def load_train_config(path_or_dict: str | Path | dict[str, Any]) -> dict[str, An
         st.setdefault("frame_stride", 1)
         st.setdefault("name", f"stage{i}")
     model = ModelConfig.from_kwargs(raw.get("model", {}), name="builtin")
+    if train["autocast"] not in ("none", "bf16"):
+        raise ConfigError(f"autocast must be 'none' or 'bf16', got {train['autocast']!r}")
     if train["time_sampling"] not in ("logit-normal", "uniform"):
         raise ConfigError(f"time_sampling must be 'logit-normal' or 'uniform', got {train['time_sampling']!r}")
     want = 3 if latent["kind"] == "pixels" else int(latent["channels"])
@@ -345,6 +348,9 @@ def train(
     t_start = time.time()
     running: dict[str, float] = {}
     n_tasks = len(combos) + (1 if tc["image_batch_size"] > 0 else 0)
+    # bf16 mixed precision: the linear layers run in bf16 (~1.5x faster steps on a CPU with AVX-512 BF16),
+    # weights, optimizer state, attention (see model._attention) and losses stay float32.
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc["autocast"] == "bf16")
     while step < end:
         stage_i, stage = _stage_at(cfg["stages"], step)
         lr = learning_rate(tc, step, total)
@@ -360,7 +366,8 @@ def train(
         for combo in combos:  # Algorithm 1: every patch size, gradients accumulated
             pf, p = mcfg.check_combo(combo)
             xt, t, target = flow_matching_inputs(x_video, shifts[combo], tc["time_sampling"], gen)
-            pred = model(xt, t, feats, mask, motion, p, pf)
+            with autocast:
+                pred = model(xt, t, feats, mask, motion, p, pf)
             loss = flow_matching_loss(pred, target, tc["vd_weight"])
             (loss / n_tasks).backward()
             losses[combo] = loss.item()
@@ -370,7 +377,9 @@ def train(
             ifeats, imask = encoder.encode(icaps, [SYSTEM_PROMPTS[s] for s in ib.sources])
             pf, p = mcfg.check_combo(fine)
             xt, t, target = flow_matching_inputs(to_latent(ib.x), shifts["image"], tc["time_sampling"], gen)
-            loss = flow_matching_loss(model(xt, t, ifeats, imask, ib.motion, p, pf), target, tc["vd_weight"])
+            with autocast:
+                pred = model(xt, t, ifeats, imask, ib.motion, p, pf)
+            loss = flow_matching_loss(pred, target, tc["vd_weight"])
             (loss / n_tasks).backward()
             losses["image"] = loss.item()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc["grad_clip"]))

@@ -46,6 +46,10 @@ def test_perfect_videos_score_full_adherence():
         r = score_videos(_videos(prompts, source), prompts)
         assert r["colour_adherence"] == 100.0 and r["direction_adherence"] == 100.0
         assert r["speed_word_adherence"] == 100.0 and r["spearman_motion"] > 0.98
+        assert set(r["by_speed"]) == set(SPEEDS) and all(v["n"] == 12 for v in r["by_speed"].values())
+        assert all(v["direction_adherence"] == 100.0 for v in r["by_speed"].values())
+        slow, fast = r["by_speed"]["slowly"], r["by_speed"]["quickly"]
+        assert slow["mean_measured_motion"] < fast["mean_measured_motion"]
 
 
 def test_wrong_videos_score_low():

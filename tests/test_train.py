@@ -270,3 +270,41 @@ def test_train_subcommand_is_registered():
     cfg = T.load_train_config("configs/builtin.json")
     assert cfg["train"]["motion_drop"] == 0.4 and cfg["train"]["grad_clip"] == 2.0
     assert [s["size"] for s in cfg["stages"]] == sorted(s["size"] for s in cfg["stages"])
+
+
+def test_bf16_autocast_runs_linears_in_bf16_attention_in_fp32(tmp_path, monkeypatch):
+    import lumina_rt.model as M
+
+    seen = []
+    orig_sdpa, orig_linear = M.F.scaled_dot_product_attention, torch.nn.Linear.forward
+
+    def sdpa(q, k, v, attn_mask=None):
+        seen.append(("sdpa", q.dtype, k.dtype, v.dtype))
+        return orig_sdpa(q, k, v, attn_mask=attn_mask)
+
+    def linear(self, x):
+        out = orig_linear(self, x)
+        seen.append(("linear", out.dtype))
+        return out
+
+    monkeypatch.setattr(M.F, "scaled_dot_product_attention", sdpa)
+    monkeypatch.setattr(torch.nn.Linear, "forward", linear)
+    cfg = tiny_config(log_every=1, ckpt_every=1000)
+    cfg["stages"] = [dict(name="s", iters=3, size=16, frames=4, frame_stride=2)]
+    ref = T.train(cfg, tmp_path / "fp32", resume=False, progress=False)
+    assert {s[1] for s in seen if s[0] == "linear"} == {torch.float32}
+    seen.clear()
+    cfg["train"]["autocast"] = "bf16"
+    res = T.train(cfg, tmp_path / "bf16", resume=False, progress=False)
+    assert {s[1] for s in seen if s[0] == "linear"} == {torch.bfloat16}
+    assert {d for s in seen if s[0] == "sdpa" for d in s[1:]} == {torch.float32}
+    weights = load_file(str(T.latest_checkpoint(tmp_path / "bf16") / "model.safetensors"))
+    assert {w.dtype for w in weights.values()} == {torch.float32}
+    a = [json.loads(line)["loss"] for line in ref["log"].read_text().splitlines()]
+    b = [json.loads(line)["loss"] for line in res["log"].read_text().splitlines()]
+    assert a != b and a == pytest.approx(b, rel=0.02)
+
+
+def test_autocast_setting_is_checked():
+    with pytest.raises(T.ConfigError, match="autocast"):
+        T.load_train_config(tiny_config(autocast="fp16"))

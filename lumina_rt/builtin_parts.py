@@ -43,7 +43,7 @@ AE_KIND = "lumina-tiny-pca"
 AE_WEIGHTS = "autoencoder.safetensors"
 # Sampling recipe of the built-in model: CFG against the system-prompt-only caption with unconditioned motion,
 # time-aware guidance 6 while t < 0.3 (where the direction of motion is decided), then 3. Chosen on tuning seeds
-# 1-3 and 6-14 over constant CFG 3 / 4 and CFG 5 -> 2 at t 0.5 (table in docs/training.md).
+# 1-3 and 6-14 (9,500-iteration run) over constant CFG 3 / 4 and CFG 5 -> 2 at t 0.5 (docs/training.md).
 BUILTIN_CFG = [6.0, [0.3, 3.0]]
 BUILTIN_SINGLE = dict(P="1x2", step=16, ts=2.0, cfg=BUILTIN_CFG, motion=1.2, negMotion=-1.0)
 # Multi-scale: 2x2 patches (half the tokens) until t = 0.3, then 1x2. Chosen over 2x2 until t = 0.1 and the

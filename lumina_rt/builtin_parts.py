@@ -52,6 +52,11 @@ BUILTIN_SINGLE = dict(P="1x2", step=16, ts=2.0, cfg=BUILTIN_CFG, motion=1.2, neg
 BUILTIN_MULTI = dict(P=["2x2", [0.3, "1x2"]], step=16, ts=2.0, cfg=BUILTIN_CFG, motion=1.2, negMotion=-1.0)
 
 
+def builtin_presets() -> dict[str, dict[str, Any]]:
+    """The built-in sampling presets; the first is the engines' default (multi-scale: better direction, cheaper)."""
+    return {"multi_scale": dict(BUILTIN_MULTI), "single_scale": dict(BUILTIN_SINGLE)}
+
+
 def builtin_dir() -> Path:
     """Folder of the shipped built-in model (config.json, model.safetensors, components.json, ...)."""
     return Path(__file__).resolve().parent / "builtin"
@@ -251,7 +256,7 @@ def write_components(
         "latent": latent,
         "text_encoder": encoder.save(directory),
         "decoder": decoder,
-        "sampling": sampling or {"single_scale": BUILTIN_SINGLE, "multi_scale": BUILTIN_MULTI},
+        "sampling": sampling or builtin_presets(),
     }
     (directory / "components.json").write_text(json.dumps(spec, indent=2) + "\n")
     return spec
@@ -260,7 +265,7 @@ def write_components(
 def sample_presets(directory: str | Path | None = None) -> dict[str, dict[str, Any]]:
     """The checkpoint's recommended sampling configs ("single_scale", "multi_scale")."""
     comps = read_components(builtin_dir() if directory is None else directory)
-    return comps.get("sampling") or {"single_scale": BUILTIN_SINGLE, "multi_scale": BUILTIN_MULTI}
+    return comps.get("sampling") or builtin_presets()
 
 
 # ------------------------------------------------------------------------------------------------

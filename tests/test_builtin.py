@@ -57,3 +57,12 @@ def test_generates_video_with_requested_colour():
     assert video.shape == (2, 3, 8, 32, 32)
     assert float(video.min()) >= 0.0 and float(video.max()) <= 1.0
     assert [analyse_frames(v).colour for v in video] == ["red", "blue"]
+
+
+def test_engines_default_to_the_multiscale_preset():
+    from lumina_rt.builtin_parts import BUILTIN_MULTI, sample_presets
+    from lumina_rt.export.build_engines import _default_preset
+
+    presets = sample_presets(BUILTIN)
+    assert presets["multi_scale"] == BUILTIN_MULTI and set(presets) == {"multi_scale", "single_scale"}
+    assert _default_preset(load_model(BUILTIN).config, presets, None) == "multi_scale"

@@ -44,12 +44,11 @@ AE_WEIGHTS = "autoencoder.safetensors"
 # Sampling recipe of the built-in model: CFG against the system-prompt-only caption with unconditioned motion,
 # time-aware guidance 6 while t < 0.3 (where the direction of motion is decided), then 3. Chosen on tuning seeds
 # 1-3 and 6-14 (9,500-iteration run) over constant CFG 3 / 4 and CFG 5 -> 2 at t 0.5 (docs/training.md).
-BUILTIN_CFG = [6.0, [0.3, 3.0]]
-BUILTIN_SINGLE = dict(P="1x2", step=16, ts=2.0, cfg=BUILTIN_CFG, motion=1.2, negMotion=-1.0)
+BUILTIN_SINGLE = dict(P="1x2", step=16, ts=2.0, cfg=[6.0, [0.3, 3.0]], motion=1.2, negMotion=-1.0)
 # Multi-scale: 2x2 patches (half the tokens) until t = 0.3, then 1x2. Chosen over 2x2 until t = 0.1 and the
 # released-style ["2x4", [0.1, "2x2"], [0.3, "1x2"]] on the same seeds (direction 74.5 % vs 72.7 % and 58 %); the
 # 2x4 embedder's 2 x 2 token grid per frame pair is presumably too coarse to fix the direction early.
-BUILTIN_MULTI = dict(P=["2x2", [0.3, "1x2"]], step=16, ts=2.0, cfg=BUILTIN_CFG, motion=1.2, negMotion=-1.0)
+BUILTIN_MULTI = {**BUILTIN_SINGLE, "P": ["2x2", [0.3, "1x2"]]}
 
 
 def builtin_presets() -> dict[str, dict[str, Any]]:

@@ -81,6 +81,15 @@ def eval_prompts() -> list[EvalPrompt]:
     return out
 
 
+def _percent(rows: list[dict[str, Any]], key: str) -> float:
+    """Share of rows whose boolean `key` holds, in percent (0 for no rows)."""
+    return round(100.0 * sum(r[key] for r in rows) / max(1, len(rows)), 2)
+
+
+def _mean(rows: list[dict[str, Any]], key: str) -> float:
+    return round(sum(r[key] for r in rows) / max(1, len(rows)), 4)
+
+
 def score_videos(videos: torch.Tensor, prompts: list[EvalPrompt]) -> dict[str, Any]:
     """Adherence and motion correlation of videos [B, 3, F, H, W] in [0, 1] against their prompts."""
     rows = []
@@ -100,23 +109,22 @@ def score_videos(videos: torch.Tensor, prompts: list[EvalPrompt]) -> dict[str, A
                 present=a.present,
             )
         )
-    n = max(1, len(rows))
     by_speed = {}
     for speed in C.SPEEDS:
         sub = [r for r, p in zip(rows, prompts) if p.speed == speed]
         if sub:
             by_speed[speed] = dict(
                 n=len(sub),
-                direction_adherence=round(100.0 * sum(r["direction_ok"] for r in sub) / len(sub), 2),
-                mean_measured_motion=round(sum(r["measured_motion"] for r in sub) / len(sub), 4),
-                mean_requested_motion=round(sum(r["requested_motion"] for r in sub) / len(sub), 4),
+                direction_adherence=_percent(sub, "direction_ok"),
+                mean_measured_motion=_mean(sub, "measured_motion"),
+                mean_requested_motion=_mean(sub, "requested_motion"),
             )
     return dict(
         n=len(rows),
-        colour_adherence=round(100.0 * sum(r["colour_ok"] for r in rows) / n, 2),
-        direction_adherence=round(100.0 * sum(r["direction_ok"] for r in rows) / n, 2),
-        speed_word_adherence=round(100.0 * sum(r["speed_ok"] for r in rows) / n, 2),
-        object_found=round(100.0 * sum(r["present"] for r in rows) / n, 2),
+        colour_adherence=_percent(rows, "colour_ok"),
+        direction_adherence=_percent(rows, "direction_ok"),
+        speed_word_adherence=_percent(rows, "speed_ok"),
+        object_found=_percent(rows, "present"),
         spearman_motion=round(spearman([r["requested_motion"] for r in rows], [r["measured_motion"] for r in rows]), 4),
         by_speed=by_speed,  # direction adherence and mean motion per requested speed word
         samples=rows,

@@ -59,6 +59,7 @@ DEFAULT_TRAIN: dict[str, Any] = dict(
     ema=0.0,  # EMA decay; 0 disables
     vd_weight=0.0,  # released optional cosine term
     autocast="none",  # "bf16": CPU mixed precision (bf16 linear layers, fp32 weights, attention and loss)
+    compile=False,  # torch.compile (inductor) the model's forward and backward; a stage's "compile" overrides it
     motion_drop=0.4,
     caption_drop=0.1,
     time_sampling="logit-normal",  # or "uniform"
@@ -70,6 +71,7 @@ DEFAULT_TRAIN: dict[str, Any] = dict(
     threads=2,
     text_seed=0,
 )
+CAPTION_BUCKET = 8  # compiled stages pad caption tokens to a multiple of this
 DEFAULT_DATA: dict[str, Any] = dict(sources=["toon", "grainy"], hold_out=True, seed=0)
 # Latent space: "pixels" (in_channels 3) or "pca" (a linear autoencoder fitted on `fit_clips` clips at the
 # last stage's size: `channels` whitened components of `factor` x `factor` pixel blocks).
@@ -116,9 +118,13 @@ def load_train_config(path_or_dict: str | Path | dict[str, Any]) -> dict[str, An
             raise ConfigError(f"stage {i} lacks {sorted(missing)}")
         st.setdefault("frame_stride", 1)
         st.setdefault("name", f"stage{i}")
+        st.setdefault("compile", train["compile"])
     model = ModelConfig.from_kwargs(raw.get("model", {}), name="builtin")
     if train["autocast"] not in ("none", "bf16"):
         raise ConfigError(f"autocast must be 'none' or 'bf16', got {train['autocast']!r}")
+    for where, flag in [("train", train["compile"]), *((f"stage {i}", st["compile"]) for i, st in enumerate(stages))]:
+        if not isinstance(flag, bool):
+            raise ConfigError(f"{where}: compile must be true or false, got {flag!r}")
     if train["time_sampling"] not in ("logit-normal", "uniform"):
         raise ConfigError(f"time_sampling must be 'logit-normal' or 'uniform', got {train['time_sampling']!r}")
     want = 3 if latent["kind"] == "pixels" else int(latent["channels"])
@@ -261,6 +267,18 @@ def learning_rate(tc: dict[str, Any], step: int, total: int) -> float:
     return lr
 
 
+def pad_captions(feats: torch.Tensor, mask: torch.Tensor, multiple: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad caption features [B, L, D] and mask [B, L] with masked tokens to a multiple of `multiple` tokens.
+
+    Masked tokens change no output (attention gives them zero weight, pooling skips them); a compiled model
+    then sees a few caption lengths instead of one per batch, so it is not recompiled every step.
+    """
+    extra = -feats.shape[1] % multiple
+    if not extra:
+        return feats, mask
+    return F.pad(feats, (0, 0, 0, extra)), F.pad(mask, (0, extra))
+
+
 def _stage_at(stages: list[dict], step: int) -> tuple[int, dict]:
     acc = 0
     for i, st in enumerate(stages):
@@ -351,6 +369,12 @@ def train(
     # bf16 mixed precision: the linear layers run in bf16 (~1.5x faster steps on a CPU with AVX-512 BF16),
     # weights, optimizer state, attention (see model._attention) and losses stay float32.
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc["autocast"] == "bf16")
+    # torch.compile fuses the many small element-wise ops (norms, modulation, RoPE, casts) that dominate a
+    # small model's CPU step; one graph per (patch size, stage shape, caption bucket), compiled on first use.
+    compiled = None
+    if any(st["compile"] for st in cfg["stages"]):
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        compiled = torch.compile(model, dynamic=False)
     while step < end:
         stage_i, stage = _stage_at(cfg["stages"], step)
         lr = learning_rate(tc, step, total)
@@ -360,6 +384,9 @@ def train(
         batch = dataset.video_batch(step, tc["batch_size"], stage["size"], stage["frames"], stage["frame_stride"])
         caps, motion = drop_conditions(batch.captions, batch.motion, tc["caption_drop"], tc["motion_drop"], gen)
         feats, mask = encoder.encode(caps, [SYSTEM_PROMPTS[s] for s in batch.sources])
+        forward = compiled if stage["compile"] else model
+        if stage["compile"]:
+            feats, mask = pad_captions(feats, mask, CAPTION_BUCKET)
         x_video = to_latent(batch.x)
         opt.zero_grad(set_to_none=True)
         losses = {}
@@ -367,7 +394,7 @@ def train(
             pf, p = mcfg.check_combo(combo)
             xt, t, target = flow_matching_inputs(x_video, shifts[combo], tc["time_sampling"], gen)
             with autocast:
-                pred = model(xt, t, feats, mask, motion, p, pf)
+                pred = forward(xt, t, feats, mask, motion, p, pf)
             loss = flow_matching_loss(pred, target, tc["vd_weight"])
             (loss / n_tasks).backward()
             losses[combo] = loss.item()
@@ -375,10 +402,12 @@ def train(
             ib = dataset.image_batch(step, tc["image_batch_size"], stage["size"])
             icaps, _ = drop_conditions(ib.captions, ib.motion, tc["caption_drop"], 0.0, gen)
             ifeats, imask = encoder.encode(icaps, [SYSTEM_PROMPTS[s] for s in ib.sources])
+            if stage["compile"]:
+                ifeats, imask = pad_captions(ifeats, imask, CAPTION_BUCKET)
             pf, p = mcfg.check_combo(fine)
             xt, t, target = flow_matching_inputs(to_latent(ib.x), shifts["image"], tc["time_sampling"], gen)
             with autocast:
-                pred = model(xt, t, ifeats, imask, ib.motion, p, pf)
+                pred = forward(xt, t, ifeats, imask, ib.motion, p, pf)
             loss = flow_matching_loss(pred, target, tc["vd_weight"])
             (loss / n_tasks).backward()
             losses["image"] = loss.item()

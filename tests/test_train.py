@@ -308,3 +308,58 @@ def test_bf16_autocast_runs_linears_in_bf16_attention_in_fp32(tmp_path, monkeypa
 def test_autocast_setting_is_checked():
     with pytest.raises(T.ConfigError, match="autocast"):
         T.load_train_config(tiny_config(autocast="fp16"))
+
+
+def test_compile_setting_is_checked():
+    with pytest.raises(T.ConfigError, match="compile must be true or false, got 'yes'"):
+        T.load_train_config(tiny_config(compile="yes"))
+    cfg = tiny_config(compile=True)
+    cfg["stages"][0]["compile"] = False
+    stages = T.load_train_config(cfg)["stages"]
+    assert [s["compile"] for s in stages] == [False, True]
+
+
+def test_padded_captions_change_no_output():
+    torch.manual_seed(0)
+    model = MultiScaleNextDiT(T.load_train_config(tiny_config())["model"]).eval()
+    for p in model.parameters():  # the zero-initialised gates and final layer would hide the captions
+        torch.nn.init.normal_(p, std=0.2)
+    enc = TinyTextEncoder.create(dim=64)
+    feats, mask = enc.encode(["a red circle moving left quickly", ""], [SYSTEM_PROMPTS["toon"]] * 2)
+    pfeats, pmask = T.pad_captions(feats, mask, 8)
+    assert pfeats.shape[1] % 8 == 0 and pfeats.shape[1] > feats.shape[1] and pmask[:, feats.shape[1] :].sum() == 0
+    x, t, motion = torch.randn(2, 3, 4, 16, 16), torch.tensor([0.3, 0.7]), torch.tensor([1.0, -1.0])
+    ref = model(x, t, feats, mask, motion, 4, 2)
+    out = model(x, t, pfeats, pmask, motion, 4, 2)
+    assert not torch.allclose(ref, model(x, t, feats * 0, mask, motion, 4, 2))  # the captions matter
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_stages_train_like_eager(tmp_path, monkeypatch):
+    """`compile`: the compiled model runs the stages that ask for it, with the eager run's losses."""
+    cfg = tiny_config(multiscale=False, image_batch_size=0, ckpt_every=1000)
+    cfg["stages"] = [
+        dict(name="low", iters=2, size=16, frames=4, frame_stride=2),
+        dict(name="high", iters=3, size=32, frames=8),
+    ]
+    ref = T.train(cfg, tmp_path / "eager", resume=False, progress=False)
+    compiled_shapes = []
+    real_compile = T.torch.compile
+
+    def spy(model, **kw):
+        fn = real_compile(model, **kw)
+
+        def call(x, *a):
+            compiled_shapes.append(tuple(x.shape))
+            return fn(x, *a)
+
+        return call
+
+    monkeypatch.setattr(T.torch, "compile", spy)
+    cfg["train"]["compile"] = True
+    cfg["stages"][0]["compile"] = False
+    res = T.train(cfg, tmp_path / "compiled", resume=False, progress=False)
+    assert [s[-3:] for s in compiled_shapes] == [(8, 32, 32)] * 3  # stage "high" only
+    a = [json.loads(line)["loss"] for line in ref["log"].read_text().splitlines()]
+    b = [json.loads(line)["loss"] for line in res["log"].read_text().splitlines()]
+    assert len(a) == len(b) == 5 and a == pytest.approx(b, rel=1e-4)

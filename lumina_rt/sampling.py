@@ -196,19 +196,19 @@ class Conditioning:
             )
 
 
+def pad_caption_tokens(feats: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-pad caption features [B, L, D] and mask [B, L] to `length` tokens (masked tokens change no output)."""
+    extra = length - feats.shape[1]
+    if extra <= 0:
+        return feats, mask
+    return torch.nn.functional.pad(feats, (0, 0, 0, extra)), torch.nn.functional.pad(mask, (0, extra))
+
+
 def _pad_captions(a: Conditioning, b: Conditioning) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack two caption batches, zero-padding the shorter to a common length (masked tokens change nothing)."""
     length = max(a.cap_feats.shape[1], b.cap_feats.shape[1])
-
-    def pad(c: Conditioning) -> tuple[torch.Tensor, torch.Tensor]:
-        extra = length - c.cap_feats.shape[1]
-        return (
-            torch.nn.functional.pad(c.cap_feats, (0, 0, 0, extra)),
-            torch.nn.functional.pad(c.cap_mask, (0, extra)),
-        )
-
-    fa, ma = pad(a)
-    fb, mb = pad(b)
+    fa, ma = pad_caption_tokens(a.cap_feats, a.cap_mask, length)
+    fb, mb = pad_caption_tokens(b.cap_feats, b.cap_mask, length)
     return torch.cat([fa, fb]), torch.cat([ma, mb.to(ma.dtype)])
 
 

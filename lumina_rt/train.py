@@ -42,6 +42,7 @@ from lumina_rt.cli import register
 from lumina_rt.config import ModelConfig
 from lumina_rt.errors import CheckpointError, ConfigError
 from lumina_rt.model import MultiScaleNextDiT
+from lumina_rt.sampling import pad_caption_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ DEFAULT_TRAIN: dict[str, Any] = dict(
     threads=2,
     text_seed=0,
 )
-CAPTION_BUCKET = 8  # compiled stages pad caption tokens to a multiple of this
+CAPTION_BUCKET = 8  # compiled stages pad caption tokens to a multiple of this (eager stages: 1, no padding)
 DEFAULT_DATA: dict[str, Any] = dict(sources=["toon", "grainy"], hold_out=True, seed=0)
 # Latent space: "pixels" (in_channels 3) or "pca" (a linear autoencoder fitted on `fit_clips` clips at the
 # last stage's size: `channels` whitened components of `factor` x `factor` pixel blocks).
@@ -273,10 +274,7 @@ def pad_captions(feats: torch.Tensor, mask: torch.Tensor, multiple: int) -> tupl
     Masked tokens change no output (attention gives them zero weight, pooling skips them); a compiled model
     then sees a few caption lengths instead of one per batch, so it is not recompiled every step.
     """
-    extra = -feats.shape[1] % multiple
-    if not extra:
-        return feats, mask
-    return F.pad(feats, (0, 0, 0, extra)), F.pad(mask, (0, extra))
+    return pad_caption_tokens(feats, mask, -(-feats.shape[1] // multiple) * multiple)
 
 
 def _stage_at(stages: list[dict], step: int) -> tuple[int, dict]:
@@ -383,10 +381,8 @@ def train(
         gen = _step_generator(seed, step, 1)
         batch = dataset.video_batch(step, tc["batch_size"], stage["size"], stage["frames"], stage["frame_stride"])
         caps, motion = drop_conditions(batch.captions, batch.motion, tc["caption_drop"], tc["motion_drop"], gen)
-        feats, mask = encoder.encode(caps, [SYSTEM_PROMPTS[s] for s in batch.sources])
-        forward = compiled if stage["compile"] else model
-        if stage["compile"]:
-            feats, mask = pad_captions(feats, mask, CAPTION_BUCKET)
+        forward, bucket = (compiled, CAPTION_BUCKET) if stage["compile"] else (model, 1)
+        feats, mask = pad_captions(*encoder.encode(caps, [SYSTEM_PROMPTS[s] for s in batch.sources]), bucket)
         x_video = to_latent(batch.x)
         opt.zero_grad(set_to_none=True)
         losses = {}
@@ -401,9 +397,7 @@ def train(
         if tc["image_batch_size"] > 0:  # joint image training, finest patch only
             ib = dataset.image_batch(step, tc["image_batch_size"], stage["size"])
             icaps, _ = drop_conditions(ib.captions, ib.motion, tc["caption_drop"], 0.0, gen)
-            ifeats, imask = encoder.encode(icaps, [SYSTEM_PROMPTS[s] for s in ib.sources])
-            if stage["compile"]:
-                ifeats, imask = pad_captions(ifeats, imask, CAPTION_BUCKET)
+            ifeats, imask = pad_captions(*encoder.encode(icaps, [SYSTEM_PROMPTS[s] for s in ib.sources]), bucket)
             pf, p = mcfg.check_combo(fine)
             xt, t, target = flow_matching_inputs(to_latent(ib.x), shifts["image"], tc["time_sampling"], gen)
             with autocast:

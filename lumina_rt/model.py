@@ -114,11 +114,24 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Te
 
     PyTorch's CPU flash-attention backward is ~4x slower in bf16 than in fp32 at these sizes (measured on the
     built-in model's training step), while the linear layers gain ~3x from bf16: keep the attention in fp32.
+    Inside a compiled mixed-precision step it is written out as matmul-softmax-matmul (`_attention_math`), which
+    inductor fuses with its neighbours: the built-in model's compiled training step is 1.16x faster than with the
+    SDPA kernel (docs/training.md).
     """
     if torch.is_autocast_enabled("cpu"):
         with torch.autocast("cpu", enabled=False):
+            if torch.compiler.is_compiling():
+                return _attention_math(q.float(), k.float(), v.float(), mask)
             return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def _attention_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + mask) v, the SDPA math; `mask` is boolean (True = attend)."""
+    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(-1) @ v
 
 
 class Attention(nn.Module):

@@ -81,17 +81,11 @@ def analyse_frames(frames: torch.Tensor) -> FrameAnalysis:
     mask = mask * (labels == dominant)
     ys = (torch.arange(h, dtype=torch.float32) + 0.5) * (32.0 / h)
     xs = (torch.arange(w, dtype=torch.float32) + 0.5) * unit
-    centroids: list[tuple[float, float] | None] = []
-    areas = []
-    for k in range(n):
-        m = mask[k]
-        area = float(m.sum()) * unit * (32.0 / h)
-        areas.append(area)
-        if area < MIN_AREA:
-            centroids.append(None)
-            continue
-        total = m.sum()
-        centroids.append((float((m.sum(0) * xs).sum() / total), float((m.sum(1) * ys).sum() / total)))
+    total = mask.sum((1, 2))  # [F]
+    areas = (total * (unit * (32.0 / h))).tolist()
+    cx = ((mask.sum(1) * xs).sum(-1) / total.clamp_min(1e-12)).tolist()
+    cy = ((mask.sum(2) * ys).sum(-1) / total.clamp_min(1e-12)).tolist()
+    centroids: list[tuple[float, float] | None] = [None if areas[k] < MIN_AREA else (cx[k], cy[k]) for k in range(n)]
     valid = [c for c in centroids if c is not None]
     if not valid:
         return FrameAnalysis(False, None, None, 0.0, centroids, 0.0)

@@ -139,13 +139,13 @@ def trail_length(speed: float) -> float:
 
 
 def _trail_alpha(
-    spec: ClipSpec, xx: torch.Tensor, yy: torch.Tensor, cx: float, cy: float, pixel: float
+    spec: ClipSpec, xx: torch.Tensor, yy: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor, pixel: float
 ) -> torch.Tensor:
-    """Coverage of the trail: copies of the shape behind the object, fading linearly to nothing."""
+    """Coverage [F, H, W] of the trail behind object centres cx, cy [F, 1, 1]: copies of the shape, fading out."""
     dx, dy = DIRECTIONS[spec.direction]
     length = trail_length(spec.speed)
-    j = torch.arange(1, TRAIL_SAMPLES + 1, dtype=torch.float32)[:, None, None]
-    back = length * j / TRAIL_SAMPLES  # [J, 1, 1] distances behind the object
+    j = torch.arange(1, TRAIL_SAMPLES + 1, dtype=torch.float32)[:, None, None, None]
+    back = length * j / TRAIL_SAMPLES  # [J, 1, 1, 1] distances behind the object
     weight = TRAIL_ALPHA * (1 - (j - 1) / TRAIL_SAMPLES)
     a = _shape_alpha(spec.shape, xx - (cx - dx * back), yy - (cy - dy * back), spec.radius, pixel)
     return (weight * a).amax(0)
@@ -156,21 +156,20 @@ def render_clip(spec: ClipSpec, frames: int = 8, size: int = 32, frame_stride: i
     pixel = REFERENCE_SIZE / size
     coords = (torch.arange(size, dtype=torch.float32) + 0.5) * pixel
     yy, xx = torch.meshgrid(coords, coords, indexing="ij")
-    background = _background(spec, yy, xx)
-    colour = torch.tensor(COLOURS[spec.colour], dtype=torch.float32)[:, None, None]
+    background = _background(spec, yy, xx)[:, None]  # [3, 1, H, W]
+    colour = torch.tensor(COLOURS[spec.colour], dtype=torch.float32)[:, None, None, None]
     if spec.source == "grainy":
         colour = colour * 0.8
-    gen = torch.Generator().manual_seed(spec.noise_seed)
     dx, dy = DIRECTIONS[spec.direction]
-    out = []
-    for k in range(frames):
-        step = k * frame_stride
-        cx, cy = spec.x0 + dx * spec.speed * step, spec.y0 + dy * spec.speed * step
-        alpha = _shape_alpha(spec.shape, xx - cx, yy - cy, spec.radius, pixel)[None]
-        trail = _trail_alpha(spec, xx, yy, cx, cy, pixel)[None]
-        frame = background * (1 - trail) + colour * trail
-        frame = frame * (1 - alpha) + colour * alpha
-        if spec.source == "grainy":
-            frame = frame + 0.035 * torch.randn(frame.shape, generator=gen)
-        out.append(frame)
-    return torch.stack(out, dim=1).clamp(0.0, 1.0)
+    # Object centres of all frames at once (computed in float64 as Python floats, then rounded, per frame).
+    steps = [k * frame_stride for k in range(frames)]
+    cx = torch.tensor([spec.x0 + dx * spec.speed * s for s in steps], dtype=torch.float32)[:, None, None]
+    cy = torch.tensor([spec.y0 + dy * spec.speed * s for s in steps], dtype=torch.float32)[:, None, None]
+    alpha = _shape_alpha(spec.shape, xx - cx, yy - cy, spec.radius, pixel)[None]  # [1, F, H, W]
+    trail = _trail_alpha(spec, xx, yy, cx, cy, pixel)[None]
+    video = background * (1 - trail) + colour * trail
+    video = video * (1 - alpha) + colour * alpha
+    if spec.source == "grainy":  # sensor noise, drawn frame by frame from the clip's own generator
+        gen = torch.Generator().manual_seed(spec.noise_seed)
+        video = video + 0.035 * torch.stack([torch.randn((3, size, size), generator=gen) for _ in range(frames)], 1)
+    return video.clamp(0.0, 1.0)

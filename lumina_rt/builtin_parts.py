@@ -46,7 +46,7 @@ AE_WEIGHTS = "autoencoder.safetensors"
 # prompts slower and fast ones faster), strong while t is small (where the direction of motion is decided), then
 # off (no negative branch), as the released presets switch guidance off late. Chosen on tuning seeds 1-3 and
 # 6-14 (432 videos each); late CFG 3 gave the same direction but lower motion correlation, an unconditioned
-# negative motion 0.01-0.013 lower motion correlation (docs/training.md).
+# negative motion 0.007-0.013 lower motion correlation (docs/training.md).
 BUILTIN_SINGLE = dict(P="1x2", step=16, ts=2.0, cfg=[8.0, [0.3, 0.0]], motion=1.2, negMotion=1.4)
 # Multi-scale: 2x2 patches (half the tokens) until t = 0.4, then 1x2, guidance 6 until t = 0.4. The released-style
 # ["2x4", [0.1, "2x2"], [0.3, "1x2"]] scored 58 % direction against 74.5 % for 2x2 -> 1x2 on an earlier model: the

@@ -40,6 +40,11 @@ def tiny_config(**train) -> dict:
     }
 
 
+def logged_losses(res: dict) -> list[float]:
+    """Per-log-line mean losses of a `T.train` result."""
+    return [json.loads(line)["loss"] for line in res["log"].read_text().splitlines()]
+
+
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
     """One short run with the model's forward and the text encoder spied on."""
@@ -86,7 +91,7 @@ def test_loss_falls_on_a_short_run(tmp_path):
     cfg = tiny_config(lr=3e-3, log_every=4, ckpt_every=1000, image_batch_size=0)
     cfg["stages"] = [dict(name="s", iters=24, size=16, frames=4, frame_stride=2)]
     res = T.train(cfg, tmp_path, resume=False, progress=False)
-    losses = [json.loads(line)["loss"] for line in res["log"].read_text().splitlines()]
+    losses = logged_losses(res)
     assert len(losses) == 6
     assert losses[-1] < 0.8 * losses[0], losses
 
@@ -300,8 +305,8 @@ def test_bf16_autocast_runs_linears_in_bf16_attention_in_fp32(tmp_path, monkeypa
     assert {d for s in seen if s[0] == "sdpa" for d in s[1:]} == {torch.float32}
     weights = load_file(str(T.latest_checkpoint(tmp_path / "bf16") / "model.safetensors"))
     assert {w.dtype for w in weights.values()} == {torch.float32}
-    a = [json.loads(line)["loss"] for line in ref["log"].read_text().splitlines()]
-    b = [json.loads(line)["loss"] for line in res["log"].read_text().splitlines()]
+    a = logged_losses(ref)
+    b = logged_losses(res)
     assert a != b and a == pytest.approx(b, rel=0.02)
 
 
@@ -360,8 +365,8 @@ def test_compiled_stages_train_like_eager(tmp_path, monkeypatch):
     cfg["stages"][0]["compile"] = False
     res = T.train(cfg, tmp_path / "compiled", resume=False, progress=False)
     assert [s[-3:] for s in compiled_shapes] == [(8, 32, 32)] * 3  # stage "high" only
-    a = [json.loads(line)["loss"] for line in ref["log"].read_text().splitlines()]
-    b = [json.loads(line)["loss"] for line in res["log"].read_text().splitlines()]
+    a = logged_losses(ref)
+    b = logged_losses(res)
     assert len(a) == len(b) == 5 and a == pytest.approx(b, rel=1e-4)
 
 
@@ -395,6 +400,6 @@ def test_compiled_bf16_steps_use_fp32_math_attention(tmp_path, monkeypatch):
     cfg["train"]["compile"] = True
     res = T.train(cfg, tmp_path / "compiled", resume=False, progress=False)
     assert dtypes and {d for ds in dtypes for d in ds} == {torch.float32}  # traced into the compiled graph
-    a = [json.loads(line)["loss"] for line in ref["log"].read_text().splitlines()]
-    b = [json.loads(line)["loss"] for line in res["log"].read_text().splitlines()]
+    a = logged_losses(ref)
+    b = logged_losses(res)
     assert len(a) == len(b) == 3 and a == pytest.approx(b, rel=2e-3)

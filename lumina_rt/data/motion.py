@@ -83,8 +83,9 @@ def analyse_frames(frames: torch.Tensor) -> FrameAnalysis:
     xs = (torch.arange(w, dtype=torch.float32) + 0.5) * unit
     total = mask.sum((1, 2))  # [F]
     areas = (total * (unit * (32.0 / h))).tolist()
-    cx = ((mask.sum(1) * xs).sum(-1) / total.clamp_min(1e-12)).tolist()
-    cy = ((mask.sum(2) * ys).sum(-1) / total.clamp_min(1e-12)).tolist()
+    weight = total.clamp_min(1e-12)  # frames without the object get no centroid below
+    cx = ((mask.sum(1) * xs).sum(-1) / weight).tolist()
+    cy = ((mask.sum(2) * ys).sum(-1) / weight).tolist()
     centroids: list[tuple[float, float] | None] = [None if areas[k] < MIN_AREA else (cx[k], cy[k]) for k in range(n)]
     valid = [c for c in centroids if c is not None]
     if not valid:

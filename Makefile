@@ -1,23 +1,27 @@
-# The README's test command is `make test`.
+# The README's test command is `make test`: it installs the test tools first when they are missing.
 PY ?= python3
 
-.PHONY: install test lint format typecheck pytest bench gpu-check
+.PHONY: install dev-deps test lint format typecheck pytest bench gpu-check
 
 install:
 	bash scripts/install.sh
 
-test: lint typecheck pytest
+dev-deps:
+	@$(PY) -c "import pytest, pytest_benchmark, ruff, basedpyright, triton, onnx, onnxscript, onnxruntime" 2>/dev/null \
+		|| PYTHON=$(PY) bash scripts/install.sh --dev
+
+test: dev-deps lint typecheck pytest
 
 lint:
-	ruff check .
-	ruff format --check .
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 format:
-	ruff format .
-	ruff check --fix .
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
 
 typecheck:
-	bash tools/typecheck_trt.sh
+	PYTHON=$(PY) bash tools/typecheck_trt.sh
 
 pytest:
 	$(PY) -m pytest tests -q

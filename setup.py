@@ -3,7 +3,7 @@
 import glob
 import os
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 try:
     from pybind11.setup_helpers import Pybind11Extension, build_ext
@@ -29,8 +29,12 @@ if Pybind11Extension is not None and sources and os.environ.get("LUMINA_RT_NO_CP
     )
     cmdclass["build_ext"] = build_ext
 
+# lumina_rt and its subpackages, plus the top-level kernels/ and export/ folders installed as lumina_rt.kernels and
+# lumina_rt.export (the repository keeps them at the top; the installed package holds them inside lumina_rt).
+packages = ["lumina_rt", *(f"lumina_rt.{p}" for p in find_packages("lumina_rt")), "lumina_rt.kernels", "lumina_rt.export"]
+
 setup(
-    packages=["lumina_rt", "lumina_rt.kernels", "lumina_rt.export"],
+    packages=packages,
     package_dir={"lumina_rt": "lumina_rt", "lumina_rt.kernels": "kernels", "lumina_rt.export": "export"},
     package_data={"lumina_rt": ["builtin/*"]},
     ext_modules=ext_modules,

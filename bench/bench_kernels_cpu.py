@@ -16,12 +16,13 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch
 
 from lumina_rt import ops
+
+EAGER = ops.TORCH_IMPLS  # the PyTorch eager implementation of each fused op
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 EPS = 1e-6
@@ -56,11 +57,11 @@ def cases() -> list[Case]:
         s = (0.5 * torch.randn(b, d, generator=g)).to(dt)
         shape = f"x [{b}, {n}, {d}]"
         out += [
-            Case("rmsnorm_modulate", name, shape, lambda x=x, w=w, s=s: ops._rmsnorm_modulate_torch(x, w, s, EPS),
+            Case("rmsnorm_modulate", name, shape, lambda x=x, w=w, s=s: EAGER["rmsnorm_modulate"](x, w, s, EPS),
                  lambda x=x, w=w, s=s: cpu.rmsnorm_modulate(x, w, s, EPS), 2 * _nbytes(x)),
-            Case("gated_residual", name, shape, lambda x=x, y=y, w=w, s=s: ops._gated_residual_torch(x, y, w, s, EPS),
+            Case("gated_residual", name, shape, lambda x=x, y=y, w=w, s=s: EAGER["gated_residual"](x, y, w, s, EPS),
                  lambda x=x, y=y, w=w, s=s: cpu.gated_residual(x, y, w, s, EPS), 3 * _nbytes(x)),
-            Case("layernorm_modulate", name, shape, lambda x=x, s=s: ops._layernorm_modulate_torch(x, s, EPS),
+            Case("layernorm_modulate", name, shape, lambda x=x, s=s: EAGER["layernorm_modulate"](x, s, EPS),
                  lambda x=x, s=s: cpu.layernorm_modulate(x, s, EPS), 2 * _nbytes(x)),
         ]  # fmt: skip
         q = torch.randn(1, 4096, 8, 144, generator=g).to(dt)
@@ -69,18 +70,18 @@ def cases() -> list[Case]:
         cos, sin = ang.cos(), ang.sin()
         out.append(
             Case("rope_qk", name, "q [1, 4096, 8, 144], k [1, 4096, 4, 144]",
-                 lambda q=q, k=k, c=cos, s=sin: ops._rope_qk_torch(q, k, c, s),
+                 lambda q=q, k=k, c=cos, s=sin: EAGER["rope_qk"](q, k, c, s),
                  lambda q=q, k=k, c=cos, s=sin: cpu.rope_qk(q, k, c, s), 2 * _nbytes(q, k))
         )  # fmt: skip
         lat = torch.randn(1, 16, 8, 64, 64, generator=g).to(dt)
         for pf, ph, pw in ((1, 2, 2), (2, 2, 2), (2, 4, 4)):
-            tokens = ops._patchify_torch(lat, pf, ph, pw)
+            tokens = EAGER["patchify"](lat, pf, ph, pw)
             combo = f"[1, 16, 8, 64, 64] ({pf},{ph},{pw})"
             dims = (8, 64, 64, pf, ph, pw)
             out += [
-                Case("patchify", name, combo, lambda p=dims[3:], x=lat: ops._patchify_torch(x, *p),
+                Case("patchify", name, combo, lambda p=dims[3:], x=lat: EAGER["patchify"](x, *p),
                      lambda p=dims[3:], x=lat: cpu.patchify(x, *p), 2 * _nbytes(lat)),
-                Case("unpatchify", name, combo, lambda d=dims, t=tokens: ops._unpatchify_torch(t, *d),
+                Case("unpatchify", name, combo, lambda d=dims, t=tokens: EAGER["unpatchify"](t, *d),
                      lambda d=dims, t=tokens: cpu.unpatchify(t, *d), 2 * _nbytes(lat)),
             ]  # fmt: skip
     return out
@@ -157,12 +158,12 @@ def _bench(benchmark, op: str, dtype: str, shape_key: str = "") -> None:
     row = _row(case, interleaved_times([case.eager, case.fused, copier(case.bytes_moved)], reps=9))
     row["bench_median_ms"] = benchmark.stats.stats.median * 1e3
     try:
-        import _report  # bench/_report.py (on sys.path through bench/conftest.py)
+        import report_rows  # bench/report_rows.py (on sys.path through bench/conftest.py)
     except ImportError:
-        _report = None
+        report_rows = None
     benchmark.extra_info.update(row)
-    if _report is not None:
-        _report.add("Fused CPU kernels: C++ (lumina_rt._C) vs torch eager, same run", row)
+    if report_rows is not None:
+        report_rows.add("Fused CPU kernels: C++ (lumina_rt._C) vs torch eager, same run", row)
     print(f"\n{op} {dtype} {case.shape}: eager {row['eager_ms']:.3f} ms, C++ {row['fused_ms']:.3f} ms, "
           f"{row['speedup']:.1f}x (ratio of minima {row['speedup_min']:.1f}x)")  # fmt: skip
 
@@ -181,10 +182,9 @@ def test_patchify(benchmark, op, combo, dtype):
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import _report
+    import report_rows  # beside this script, so on sys.path when it runs as `python bench/bench_kernels_cpu.py`
 
-    _report.steady_allocator()  # as under pytest bench/ (conftest.py)
+    report_rows.steady_allocator()  # as under pytest bench/ (conftest.py)
     threads = int(sys.argv[1]) if len(sys.argv) > 1 else torch.get_num_threads()
     torch.set_num_threads(threads)
     cols = ("op", "dtype", "shape", "threads", "eager_ms", "fused_ms", "speedup", "speedup_min", "gbps", "pct_of_copy")

@@ -66,7 +66,7 @@ t = torch.tensor([0.3, 0.3]); m = torch.tensor([6.0, 2.0])
 cf = torch.randn(2, 16, cfg.cap_feat_dim); cm = torch.ones(2, 16, dtype=torch.int64)
 times = {}
 if mode == "naive":
-    from lumina_rt.export.profiles import scale_tokens
+    from lumina_rt.engines.profiles import scale_tokens
     path = lambda c: f"{engine_dir}/" + rt.manifest["scales"][c]["onnx"]["path"]
     sessions = {c: ort.InferenceSession(path(c), providers=["CPUExecutionProvider"]) for c in scales}
     loaded = rss()
@@ -119,8 +119,8 @@ def bench_engines(cache: str | os.PathLike | None = None) -> Path:
 
     from lumina_rt.checkpoint import save_native
     from lumina_rt.config import ModelConfig
+    from lumina_rt.engines.profiles import ServeShapes
     from lumina_rt.export.build_engines import build
-    from lumina_rt.export.profiles import ServeShapes
     from lumina_rt.model import MultiScaleNextDiT
 
     root = Path(cache or Path(tempfile.gettempdir()) / "lumina_rt_bench_memory")
@@ -132,7 +132,7 @@ def bench_engines(cache: str | os.PathLike | None = None) -> Path:
             for p in model.parameters():  # distinct random values everywhere: no accidental deduplication
                 p.normal_(0.0, 0.05)
         save_native(ckpt, model.config, model.state_dict())
-    build(ckpt, eng, backend="onnxruntime", shapes=ServeShapes(resolutions=((64, 64),), frames=(1, 16)))
+    build(ckpt, eng, target="onnx", shapes=ServeShapes(resolutions=((64, 64),), frames=(1, 16)))
     return eng
 
 

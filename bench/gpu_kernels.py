@@ -19,10 +19,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
 EPS = 1e-6
 TARGET_PCT_OF_COPY = 85.0
 ATOL = {"fp32": 1e-5, "bf16": 1e-2, "fp16": 1e-3}
@@ -101,6 +97,8 @@ def _modulation_rows(batch: int, n: int, dtype, dtype_name: str, g) -> list[dict
     import torch
 
     from lumina_rt import ops
+
+    EAGER = ops.TORCH_IMPLS
     from lumina_rt.kernels import modulate, registry
 
     k = registry.TRITON_IMPLS
@@ -111,13 +109,13 @@ def _modulation_rows(batch: int, n: int, dtype, dtype_name: str, g) -> list[dict
     shape = f"x [{batch}, {n}, {DIM}]"
     return [
         _case("rmsnorm_modulate", dtype_name, shape,
-              lambda: k["rmsnorm_modulate"](x, w, s, EPS), lambda: ops._rmsnorm_modulate_torch(x, w, s, EPS),
+              lambda: k["rmsnorm_modulate"](x, w, s, EPS), lambda: EAGER["rmsnorm_modulate"](x, w, s, EPS),
               lambda: modulate.rmsnorm_modulate_ref(*_f64(x, w, s), EPS), 2 * _nbytes(x)),
         _case("gated_residual", dtype_name, shape,
-              lambda: k["gated_residual"](x, y, w, s, EPS), lambda: ops._gated_residual_torch(x, y, w, s, EPS),
+              lambda: k["gated_residual"](x, y, w, s, EPS), lambda: EAGER["gated_residual"](x, y, w, s, EPS),
               lambda: modulate.gated_residual_ref(*_f64(x, y, w, s), EPS), 3 * _nbytes(x)),
         _case("layernorm_modulate", dtype_name, shape,
-              lambda: k["layernorm_modulate"](x, s, EPS), lambda: ops._layernorm_modulate_torch(x, s, EPS),
+              lambda: k["layernorm_modulate"](x, s, EPS), lambda: EAGER["layernorm_modulate"](x, s, EPS),
               lambda: modulate.layernorm_modulate_ref(*_f64(x, s), EPS), 2 * _nbytes(x)),
     ]  # fmt: skip
 
@@ -126,6 +124,8 @@ def _rope_rows(batch: int, n: int, dtype, dtype_name: str, g) -> list[dict]:
     import torch
 
     from lumina_rt import ops
+
+    EAGER = ops.TORCH_IMPLS
     from lumina_rt.kernels import registry, rope
 
     fn = registry.TRITON_IMPLS["rope_qk"]
@@ -135,7 +135,7 @@ def _rope_rows(batch: int, n: int, dtype, dtype_name: str, g) -> list[dict]:
     cos, sin = ang.cos(), ang.sin()
     shape = f"q [{batch}, {n}, {N_HEADS}, {HEAD_DIM}], k [{batch}, {n}, {N_KV_HEADS}, {HEAD_DIM}]"
     return [
-        _case("rope_qk", dtype_name, shape, lambda: fn(q, k, cos, sin), lambda: ops._rope_qk_torch(q, k, cos, sin),
+        _case("rope_qk", dtype_name, shape, lambda: fn(q, k, cos, sin), lambda: EAGER["rope_qk"](q, k, cos, sin),
               lambda: rope.rope_qk_ref(*_f64(q, k, cos, sin)), 2 * _nbytes(q, k)),
     ]  # fmt: skip
 
@@ -144,20 +144,22 @@ def _patchify_rows(batch: int, dtype, dtype_name: str, g) -> list[dict]:
     import torch
 
     from lumina_rt import ops
+
+    EAGER = ops.TORCH_IMPLS
     from lumina_rt.kernels import registry
 
     k = registry.TRITON_IMPLS
     lat = torch.randn(batch, CHANNELS, FRAMES, HEIGHT, WIDTH, device="cuda", generator=g).to(dtype)
     rows = []
     for combo in COMBOS:
-        tokens = ops._patchify_torch(lat, *combo)
+        tokens = EAGER["patchify"](lat, *combo)
         dims = (FRAMES, HEIGHT, WIDTH, *combo)
         shape = f"[{batch}, {CHANNELS}, {FRAMES}, {HEIGHT}, {WIDTH}] {combo}"
         rows += [
             _case("patchify", dtype_name, shape, lambda c=combo: k["patchify"](lat, *c),
-                  lambda c=combo: ops._patchify_torch(lat, *c), None, 2 * _nbytes(lat), exact=True),
+                  lambda c=combo: EAGER["patchify"](lat, *c), None, 2 * _nbytes(lat), exact=True),
             _case("unpatchify", dtype_name, shape, lambda t=tokens, d=dims: k["unpatchify"](t, *d),
-                  lambda t=tokens, d=dims: ops._unpatchify_torch(t, *d), None, 2 * _nbytes(lat), exact=True),
+                  lambda t=tokens, d=dims: EAGER["unpatchify"](t, *d), None, 2 * _nbytes(lat), exact=True),
         ]  # fmt: skip
     return rows
 

@@ -8,11 +8,13 @@ caption tokens.
 from __future__ import annotations
 
 import functools
+import statistics
 import tempfile
+import time
 from pathlib import Path
 
-import _report
 import pytest
+import report_rows
 import torch
 
 from lumina_rt import ops
@@ -50,19 +52,25 @@ def _inputs(batch: int, dtype: torch.dtype):
 
 
 @functools.cache
-def _ort_runtime():
-    """ONNX Runtime engines of the same model (built once per bench session into a temp dir)."""
+def _engine_dir() -> Path:
+    """ONNX engines of the same model, built once per bench session (with the backend ranking measured)."""
     from lumina_rt.checkpoint import save_native
+    from lumina_rt.engines.profiles import ServeShapes
     from lumina_rt.export.build_engines import build
-    from lumina_rt.export.profiles import ServeShapes
-    from lumina_rt.runtime import Runtime
 
     model = _model()
     root = Path(tempfile.mkdtemp(prefix="lumina_rt_bench_"))
     save_native(root / "ckpt", model.config, model.state_dict())
     shapes = ServeShapes(resolutions=(LATENT[2:],), frames=(LATENT[1],), max_batch=2, max_caption=CAP_LEN)
-    build(root / "ckpt", root / "engines", backend="onnxruntime", shapes=shapes)
-    return Runtime(root / "engines", backend="onnxruntime")
+    build(root / "ckpt", root / "engines", target="onnx", shapes=shapes)
+    return root / "engines"
+
+
+@functools.cache
+def _ort_runtime():
+    from lumina_rt.runtime import Runtime
+
+    return Runtime(_engine_dir(), backend="onnxruntime")
 
 
 STEP_TIMES: dict[tuple[str, str, str], float] = {}
@@ -94,13 +102,13 @@ def test_step(benchmark, combo, backend, dtype_name):
     STEP_TIMES[(combo, backend, dtype_name)] = ms
     n = token_count(cfg, combo, *LATENT[1:])
     gflops = forward_flops(cfg, combo, n, CAP_LEN, batch=2) / (ms * 1e-3) / 1e9
-    ceiling = _report.CEILINGS.get(f"matmul_{dtype_name}_gflops", float("nan"))
+    ceiling = report_rows.CEILINGS.get(f"matmul_{dtype_name}_gflops", float("nan"))
     label = {"torch": "torch eager", "cpu-fused": "torch+cpu-fused", "onnxruntime": "ONNX Runtime"}[backend]
     row = dict(combo=combo, backend=label, dtype=dtype_name,
                batch=2, tokens=n, ms=ms, gflops=gflops, pct_of_matmul=100 * gflops / ceiling,
                weights_mb=weight_bytes(cfg, 2 if dtype == torch.bfloat16 else 4) / 2**20)  # fmt: skip
     benchmark.extra_info.update(row)
-    _report.add("One denoising step (batch 2 = CFG pair)", row)
+    report_rows.add("One denoising step (batch 2 = CFG pair)", row)
 
 
 def test_ort_over_torch_summary():
@@ -111,9 +119,42 @@ def test_ort_over_torch_summary():
         if ort is None or eager is None:
             pytest.fail(f"step benchmarks for {combo} fp32 torch/onnxruntime did not run in this session")
         ratios[combo] = ort / eager
-    _report.SUMMARY["ort_over_torch"] = dict(
+    report_rows.SUMMARY["ort_over_torch"] = dict(
         value=ratios["1x2"], per_scale=ratios, sizes=f"{SIZES}; fp32, batch 2, finest patch (1x2)"
     )
+
+
+def test_auto_over_torch():
+    """Step time of the engine backend `auto` picks (the build's measured ranking) over torch eager, per scale.
+
+    Torch eager here is the `torch` engine of the same engine directory. Where auto picked it, the two are the same
+    engine and the ratio is 1 by construction (not timed twice); otherwise both are timed in turns, median of 5.
+    """
+    from lumina_rt.engines.engine_set import EngineSet
+
+    auto, eager = EngineSet(_engine_dir()), EngineSet(_engine_dir(), backend="torch")
+    x, t, cap, mask, motion = _inputs(2, torch.float32)
+    ratios, chosen = {}, {}
+    for combo in ("1x2", "2x2", "2x4"):
+        chosen[combo] = auto.backends[combo]
+        if chosen[combo] == "torch":
+            ratios[combo] = 1.0
+            continue
+        times: dict[str, list[float]] = {"auto": [], "torch": []}
+        with torch.no_grad():
+            for rep in range(6):
+                for name, es in (("auto", auto), ("torch", eager)):
+                    start = time.perf_counter()
+                    es.velocity(x, t, cap, mask, motion, combo)
+                    if rep:
+                        times[name].append(time.perf_counter() - start)
+        ratios[combo] = statistics.median(times["auto"]) / statistics.median(times["torch"])
+        report_rows.add("Auto-selected engine backend vs torch eager (fp32, batch 2)",
+                        dict(combo=combo, auto=chosen[combo], auto_over_torch=ratios[combo]))  # fmt: skip
+    report_rows.SUMMARY["auto_over_torch"] = dict(
+        value=max(ratios.values()), per_scale=ratios, chosen=chosen,
+        sizes=f"{SIZES}; fp32, batch 2; worst scale as the value",
+    )  # fmt: skip
 
 
 def test_bf16_over_fp32_summary():
@@ -122,7 +163,7 @@ def test_bf16_over_fp32_summary():
     bf16 = STEP_TIMES.get(("1x2", "torch", "bf16"))
     if fp32 is None or bf16 is None:
         pytest.fail("step benchmarks for 1x2 torch fp32/bf16 did not run in this session (run the whole bench/)")
-    _report.SUMMARY["bf16_over_fp32"] = dict(value=bf16 / fp32, sizes=f"{SIZES}; torch eager, 1x2, batch 2")
+    report_rows.SUMMARY["bf16_over_fp32"] = dict(value=bf16 / fp32, sizes=f"{SIZES}; torch eager, 1x2, batch 2")
 
 
 def _sample_ms(preset: str, velocity_fn) -> tuple[float, list[str]]:
@@ -140,7 +181,7 @@ def _sample_ms(preset: str, velocity_fn) -> tuple[float, list[str]]:
             return sample_euler(velocity_fn, z, pos, neg, sc, progress=False,
                                 callback=lambda k, t, c: combos.append(c))  # fmt: skip
 
-    return _report.median_ms(run, reps=2, warmup=0), list(combos)
+    return report_rows.median_ms(run, reps=2, warmup=0), list(combos)
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
@@ -155,8 +196,8 @@ def test_end_to_end_multiscale_vs_single(backend):
     for name, ms, combos in runs:
         schedule = " ".join(f"{c}×{combos.count(c)}" for c in ("2x4", "2x2", "1x2"))
         row = dict(backend=backend, preset=name, steps=E2E_STEPS, schedule=schedule, seconds=ms / 1e3)
-        _report.add("End-to-end sampling (fp32, CFG on)", row)
+        report_rows.add("End-to-end sampling (fp32, CFG on)", row)
     key = "multiscale_over_single" if backend == "onnxruntime" else "multiscale_over_single_torch_eager"
-    _report.SUMMARY[key] = dict(
+    report_rows.SUMMARY[key] = dict(
         value=ratio, sizes=f"{SIZES}; {E2E_STEPS} Euler steps, {backend} fp32, released f24F96R960 schedules"
     )

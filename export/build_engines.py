@@ -1,16 +1,24 @@
-"""Build the per-patch-size engines of a checkpoint: `python export/build_engines.py --checkpoint DIR --out DIR`.
+"""Build the engines of a checkpoint: `python export/build_engines.py --checkpoint DIR --out DIR`, or `lumina-rt build`.
 
-Also `lumina-rt build`. Stages, each cached under a key of everything that changes its output (the manifest
-records the keys; a stage whose key and files match says "cached" and does nothing):
+A *build target* says which files a build writes (`--target`):
 
-1. export: one ONNX graph per patch size, large initializers moved into one shared, deduplicated `weights.bin`
-   (key: model config, weights hash, exporter and library versions);
-2. check: each graph against the reference model on random inputs of shapes other than the export example,
-   with ONNX Runtime through the same shared-weight loader the runtime uses (key: export key, ORT version);
-3. engine (TensorRT only): a weight-stripped plan per scale with one optimization profile per served token range
-   and a shared timing cache (key: graph, weights, profile, precision, TensorRT version, GPU architecture);
-4. components: the checkpoint's text encoder / decoder declarations and files (key: their contents);
-5. manifest.json, written only when something changed.
+- `torch`: the shared weight store `weights.bin` only; torch engines (CPU, C++ fused ops, Triton on CUDA) run it;
+- `onnx`: also one ONNX graph per patch size, checked against the reference model in ONNX Runtime;
+- `tensorrt`: also one TensorRT plan per patch size;
+- `auto` (default): tensorrt where TensorRT and a GPU exist, else onnx where ONNX and ONNX Runtime are installed,
+  else torch (saying so in one log line).
+
+Stages, each a `Stage(name, key, outputs, run)`: `key` is a hash of everything that changes the stage's output (the
+manifest records it), `outputs` the files it writes, `run()` does the work and returns what the manifest records.
+A stage whose key and files match says "cached" and does nothing:
+
+1. export: weights.bin (+ the ONNX graphs, their large initializers moved into weights.bin, deduplicated);
+2. check: each graph against the reference model in ONNX Runtime, on shapes other than the export example;
+3. engine: a weight-stripped TensorRT plan per scale, one optimization profile per served token range;
+4. components: the checkpoint's text encoder / decoder declarations and files;
+5. measure: every engine backend that can run here, timed per scale on the served shape; the ranking that
+   `auto` follows at run time (`lumina_rt.engines.measure`);
+6. manifest.json, written when anything changed.
 """
 
 from __future__ import annotations
@@ -19,44 +27,41 @@ import argparse
 import hashlib
 import json
 import logging
+import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-if __name__ == "__main__" and __package__ in (None, ""):  # run as a script: make `lumina_rt.export` importable
-    _root = Path(__file__).resolve().parents[1]
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _root / "export"]
-    try:
-        import lumina_rt.export  # noqa: F401
-    except ImportError:
-        import importlib
-
-        sys.path.insert(0, str(_root))
-        sys.modules["lumina_rt.export"] = importlib.import_module("export")
-
-from lumina_rt import components  # noqa: E402
-from lumina_rt.config import ModelConfig  # noqa: E402
-from lumina_rt.engines import onnxruntime_engine, tensorrt_engine  # noqa: E402
-from lumina_rt.errors import BackendUnavailableError, ConfigError, EngineError  # noqa: E402
-from lumina_rt.export import manifest as mf  # noqa: E402
-from lumina_rt.export.profiles import (  # noqa: E402
+from lumina_rt import components
+from lumina_rt.config import ModelConfig
+from lumina_rt.engines import manifest as mf
+from lumina_rt.engines import onnxruntime_engine, tensorrt_engine
+from lumina_rt.engines.measure import measure_backends, ranking_lines
+from lumina_rt.engines.profiles import (
     DEFAULT_FRAMES,
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_CAPTION,
     DEFAULT_RESOLUTIONS,
+    ScaleProfile,
     ServeShapes,
     compute_profiles,
     parse_frames,
     parse_resolutions,
+    token_features,
 )
-from lumina_rt.sampling import SAMPLE_PRESETS, SampleConfig  # noqa: E402
+from lumina_rt.engines.weights import WEIGHTS_FILE, write_param_store
+from lumina_rt.errors import BackendUnavailableError, ConfigError, EngineError
+from lumina_rt.sampling import SAMPLE_PRESETS, SampleConfig
 
 logger = logging.getLogger("lumina_rt.build")
 
-BACKENDS = ("auto", "tensorrt", "onnxruntime")
+TARGETS = ("auto", "tensorrt", "onnx", "torch")
 PRECISIONS = ("fp32", "fp16", "bf16")
+TARGET_PRECISIONS = {"torch": ("fp32", "bf16"), "onnx": ("fp32",), "tensorrt": PRECISIONS}
 TOLERANCE = 1e-5
 TIMING_CACHE = "timing.cache"
 
@@ -71,17 +76,40 @@ def plan_name(combo: str) -> str:
 
 @dataclass
 class BuildReport:
-    """What a build did: `done` (stages that ran) and `cached` (stages found current)."""
+    """What a build did: `done` (stages that ran), `cached` (stages found current), the measured `ranking`."""
 
     engine_dir: Path
-    backend: str
+    target: str
     done: list[str] = field(default_factory=list)
     cached: list[str] = field(default_factory=list)
+    ranking: dict[str, Any] | None = None
     seconds: float = 0.0
 
     @property
     def changed(self) -> bool:
         return bool(self.done)
+
+
+@dataclass
+class Stage:
+    """One cached build stage: its cache key, the files it writes, and the work (returns its manifest record)."""
+
+    name: str
+    key: str
+    outputs: list[dict[str, Any] | None]  # the previous build's file entries of this stage (checked for caching)
+    run: Callable[[], dict[str, Any]]
+    cached_note: str = ""
+
+
+def run_stage(stage: Stage, previous: dict[str, Any] | None, out: Path, report: BuildReport) -> dict[str, Any]:
+    """The stage's manifest record: the previous one when its key and files match, else a fresh `run()`."""
+    if previous is not None and previous.get("key") == stage.key and all(mf.file_ok(out, e) for e in stage.outputs):
+        report.cached.append(f"{stage.name}: {stage.cached_note or 'found cached'}")
+        return previous
+    record = stage.run()
+    record["key"] = stage.key
+    report.done.append(f"{stage.name}: {record.pop('note', 'done')}")
+    return record
 
 
 class _Model:
@@ -104,22 +132,39 @@ class _Model:
         return self._loaded
 
 
-def resolve_backend(backend: str) -> str:
-    """ "auto" -> "tensorrt" where TensorRT and a GPU exist, else "onnxruntime"."""
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown build backend {backend!r}; choose one of {BACKENDS}")
-    reason = tensorrt_engine.unavailable_reason()
-    if backend == "tensorrt":
-        if reason:
-            raise BackendUnavailableError(f"cannot build TensorRT engines: {reason}")
-        return "tensorrt"
-    if backend == "auto":
-        if reason is None:
+def onnx_unavailable_reason() -> str | None:
+    """None when ONNX graphs can be exported and checked here (onnx, onnxscript and ONNX Runtime installed)."""
+    missing = [name for name in ("onnx", "onnxscript", "onnxruntime") if mf.package_version(name) is None]
+    if onnxruntime_engine.version() is None and "onnxruntime" not in missing:
+        missing.append("onnxruntime")
+    if missing:
+        return (
+            f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed (pip install 'lumina-rt[onnx]')"
+        )
+    return None
+
+
+def resolve_target(target: str) -> str:
+    """ "auto" -> "tensorrt" where TensorRT and a GPU exist, else "onnx" where its tools are installed, else "torch"."""
+    if target not in TARGETS:
+        raise ConfigError(f"unknown build target {target!r}; choose one of {TARGETS}")
+    trt_reason = tensorrt_engine.unavailable_reason()
+    if target == "tensorrt":
+        if trt_reason:
+            raise BackendUnavailableError(f"cannot build TensorRT engines: {trt_reason}")
+        return target
+    onnx_reason = onnx_unavailable_reason()
+    if target == "auto":
+        if trt_reason is None and onnx_reason is None:
             return "tensorrt"
-        logger.info("backend auto: %s; keeping ONNX Runtime models", reason)
-    if onnxruntime_engine.version() is None:
-        raise BackendUnavailableError("ONNX Runtime is not installed (pip install onnxruntime); it checks every graph")
-    return "onnxruntime"
+        if onnx_reason is None:
+            logger.info("build target auto: %s; building ONNX Runtime engines", trt_reason)
+            return "onnx"
+        logger.warning("build target auto: %s; building torch engines only", onnx_reason)
+        return "torch"
+    if target == "onnx" and onnx_reason:
+        raise BackendUnavailableError(f"cannot build ONNX engines: {onnx_reason}")
+    return target
 
 
 def _default_preset(config: ModelConfig, presets: dict[str, dict[str, Any]], requested: str | None) -> str:
@@ -154,16 +199,196 @@ def _components_key(checkpoint: Path) -> tuple[str | None, list[str]]:
     return h.hexdigest()[:32], [str(r) for r in files]
 
 
+@dataclass
+class _Build:
+    """What every stage of one build reads."""
+
+    checkpoint: Path
+    out: Path
+    target: str
+    precision: str
+    config: ModelConfig
+    weights_hash: str
+    profiles: dict[str, ScaleProfile]
+    old: dict[str, Any]
+    model: _Model
+    tolerance: float = TOLERANCE
+    workspace_bytes: int | None = None
+
+    @property
+    def combos(self) -> tuple[str, ...]:
+        return self.config.patch_combos
+
+    def old_scale(self, combo: str, part: str) -> dict[str, Any] | None:
+        return (self.old.get("scales", {}).get(combo) or {}).get(part)
+
+
+# -------------------------------------------------------------------------------------------- 1. export
+def export_stage(b: _Build) -> tuple[Stage, dict[str, Any] | None]:
+    """The export stage and the previous build's record of it (weights entry and per-scale graphs included)."""
+    versions = {name: mf.package_version(name) for name in ("torch", "onnx", "onnxscript")}
+    if b.target == "torch":
+        exporter: dict[str, Any] = {"opset": None}
+    else:
+        from lumina_rt.export import onnx_export as ox
+
+        exporter = {"opset": ox.OPSET, "format": ox.EXPORT_FORMAT, "threshold": ox.EXTERNAL_THRESHOLD,
+                    "code": ox.graph_code_hash()}  # fmt: skip
+    key = mf.export_key(b.config.to_kwargs(), b.weights_hash, list(b.combos), exporter, versions)
+    old_export = b.old.get("export") or {}
+    outputs = [b.old.get("weights")] + ([b.old_scale(c, "onnx") for c in b.combos] if exporter.get("opset") else [])
+
+    def run() -> dict[str, Any]:
+        _, state_dict = b.model.get()
+        if b.target == "torch":
+            writer = write_param_store(state_dict, b.out / WEIGHTS_FILE)
+            graphs: dict[str, Any] = {c: {"onnx": None, "opset": None, "ops": []} for c in b.combos}
+            note = f"weights.bin {writer.nbytes / 2**20:.1f} MiB ({len(writer.tensors)} tensors; no ONNX graphs)"
+        else:
+            writer, graphs = _export_graphs(b, state_dict)
+            note = (f"{len(graphs)} ONNX graphs, shared weights.bin {writer.nbytes / 2**20:.1f} MiB "
+                    f"({len(writer.tensors)} tensors)")  # fmt: skip
+        weights = {**mf.file_entry(b.out, WEIGHTS_FILE), **writer.index()}
+        return {"note": note, "weights": weights, "graphs": graphs, "versions": versions, **exporter}
+
+    stage = Stage("export", key, outputs, run, "found cached ONNX graphs and weights.bin")
+    if not exporter.get("opset"):
+        stage.cached_note = "found cached weights.bin"
+    previous = None
+    if old_export.get("key") == key and b.old.get("weights"):
+        graphs = {c: {k: b.old_scale(c, k) for k in ("onnx", "opset", "ops")} for c in b.combos}
+        for g in graphs.values():
+            g["ops"] = g["ops"] or []
+        previous = {**old_export, "weights": b.old["weights"], "graphs": graphs}
+    return stage, previous
+
+
+def _export_graphs(b: _Build, state_dict: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    import onnx
+
+    from lumina_rt.export import onnx_export as ox
+
+    ref, _ = b.model.get()
+    shared = ox.SharedWeights(state_dict, b.out / WEIGHTS_FILE)
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=b.out) as work:
+        for combo in b.combos:
+            t0 = time.perf_counter()
+            proto, raw_dir = ox.export_scale(ref, combo, Path(work) / combo)
+            shared.externalize(combo, proto, raw_dir)
+            onnx.save(proto, str(b.out / f".{onnx_name(combo)}.tmp"))
+            shutil.rmtree(raw_dir)  # the exporter's copy of the weights
+            logger.info(
+                "exported scale %s in %.1f s (%d nodes)", combo, time.perf_counter() - t0, len(proto.graph.node)
+            )
+    writer = shared.finish()
+    writer.write()
+    graphs = {}
+    for combo in b.combos:
+        (b.out / f".{onnx_name(combo)}.tmp").replace(b.out / onnx_name(combo))
+        info = ox.check_graph(b.out / onnx_name(combo), combo, for_tensorrt=b.target == "tensorrt")
+        graphs[combo] = {"onnx": mf.file_entry(b.out, onnx_name(combo)), "opset": info.get("opset"),
+                         "ops": info.get("ops", [])}  # fmt: skip
+    return writer, graphs
+
+
+# -------------------------------------------------------------------------------------------- 2. check
+def check_scale(b: _Build, export: dict[str, Any], combo: str) -> Stage:
+    from lumina_rt.export import onnx_export as ox
+
+    ort_version = onnxruntime_engine.version()
+    key = mf.check_key(export["key"], ort_version, repr(ox.CHECK_CASES), b.tolerance)
+
+    def run() -> dict[str, Any]:
+        from lumina_rt.engines.weights import WeightStore
+
+        ref, _ = b.model.get()
+        w = export["weights"]
+        store = WeightStore(b.out / w["path"], w, w["bytes"])
+        engine = onnxruntime_engine.load_files(b.out, {combo: export["graphs"][combo]["onnx"]["path"]}, store)[combo]
+        results = ox.compare_with_reference(lambda inp: engine.run(*(inp[n] for n in ox.INPUT_NAMES)), ref, combo)
+        worst = max(r["rel_err"] for r in results)
+        if worst > b.tolerance:
+            raise EngineError(
+                f"the ONNX graph of scale {combo} differs from the reference model: relative error {worst:.3e} "
+                f"> {b.tolerance:g} on {results}"
+            )
+        logger.info("checked scale %s with ONNX Runtime: max rel err %.2e", combo, worst)
+        return {"note": f"ONNX Runtime vs reference, {combo} max rel err {worst:.1e}", "passed": True,
+                "max_rel_err": worst, "cases": results, "runtime": f"onnxruntime {ort_version}"}  # fmt: skip
+
+    return Stage("check", key, [], run, "found cached ONNX Runtime checks")
+
+
+# -------------------------------------------------------------------------------------------- 3. engine
+def engine_scale(b: _Build, export: dict[str, Any], combo: str) -> Stage:
+    from lumina_rt.export.tensorrt_build import BUILD_FORMAT, build_plan
+
+    prof = b.profiles[combo]
+    gpu = tensorrt_engine.gpu_info()
+    key = mf.engine_key(export["graphs"][combo]["onnx"]["sha256"], export["weights"]["sha256"], prof.to_dict(),
+                        b.precision, tensorrt_engine.version(), (gpu or {}).get("arch"), BUILD_FORMAT)  # fmt: skip
+
+    def run() -> dict[str, Any]:
+        feats = token_features(b.config, combo)
+        ranges = [
+            prof.input_shapes(i, feats, b.config.head_dim, b.config.cap_feat_dim) for i in range(len(prof.tokens))
+        ]
+        t0 = time.perf_counter()
+        info = build_plan(b.out / export["graphs"][combo]["onnx"]["path"], b.out / plan_name(combo), ranges,
+                          b.precision, b.out / TIMING_CACHE, b.workspace_bytes)  # fmt: skip
+        return {"note": f"TensorRT plan {combo} ({time.perf_counter() - t0:.0f} s)",
+                **mf.file_entry(b.out, plan_name(combo)), **info}  # fmt: skip
+
+    return Stage("engine", key, [b.old_scale(combo, "engine")], run, "found cached TensorRT plans")
+
+
+# -------------------------------------------------------------------------------------------- 4. components
+def components_stage(b: _Build) -> Stage | None:
+    key, files = _components_key(b.checkpoint)
+    if key is None:
+        return None
+
+    def run() -> dict[str, Any]:
+        components.copy_components(b.checkpoint, b.out)
+        return {"note": f"copied {', '.join(files)}", "files": files}
+
+    return Stage("components", key, [], run, "found cached text encoder / decoder files")
+
+
+# -------------------------------------------------------------------------------------------- 5. measure
+def measure_stage(b: _Build, manifest: dict[str, Any], steps: int) -> Stage:
+    from lumina_rt.engines.measure import host
+
+    files = [manifest["weights"].get("sha256")]
+    files += [
+        ((s.get("onnx") or {}).get("sha256"), (s.get("engine") or {}).get("sha256"))
+        for s in manifest["scales"].values()
+    ]
+    versions = {n: mf.package_version(n) for n in ("torch", "onnxruntime", "onnxruntime-gpu", "tensorrt")}
+    profiles = {c: s["profile"] for c, s in manifest["scales"].items()}
+    key = mf.cache_key("measure", files=files, precision=b.precision, profiles=profiles, host=host(),
+                       versions=versions, steps=steps)  # fmt: skip
+
+    def run() -> dict[str, Any]:
+        ranking = measure_backends(b.out, manifest, steps=steps)
+        best = ", ".join(f"{c} {rows[0]['backend']}" for c, rows in ranking["scales"].items())
+        return {"note": f"fastest engine backend per scale: {best}", **ranking}
+
+    return Stage("measure", key, [], run, "found a ranking measured on this machine")
+
+
 def build(
     checkpoint: str | Path,
     out: str | Path,
-    backend: str = "auto",
+    target: str = "auto",
     precision: str = "fp32",
     shapes: ServeShapes | None = None,
     default_preset: str | None = None,
     tolerance: float = TOLERANCE,
     workspace_bytes: int | None = None,
     force: bool = False,
+    measure: bool = True,
+    measure_steps: int = 3,
 ) -> BuildReport:
     """Build (or bring up to date) the engine directory `out` from `checkpoint`; see the module docstring."""
     from lumina_rt.checkpoint import load_config, weights_hash
@@ -172,246 +397,131 @@ def build(
     checkpoint, out = Path(checkpoint), Path(out)
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
-    backend = resolve_backend(backend)
-    if backend == "onnxruntime" and precision != "fp32":
+    target = resolve_target(target)
+    if precision not in TARGET_PRECISIONS[target]:
+        need = "needs TensorRT" if precision == "fp16" else f"is not served by {target} engines"
         raise ConfigError(
-            f"precision {precision!r} needs TensorRT; ONNX Runtime engines are built in fp32 (use --precision fp32)"
+            f"precision {precision!r} {need}; {target} engines are built in {list(TARGET_PRECISIONS[target])} "
+            f"(--precision, --target)"
         )
     config = load_config(checkpoint)
-    whash = weights_hash(checkpoint)
     shapes = shapes or ServeShapes()
     latent = components.latent_spec(checkpoint, config.in_channels)
-    profiles = compute_profiles(config, latent, shapes)
     out.mkdir(parents=True, exist_ok=True)
-    report = BuildReport(out, backend)
-
-    old: dict[str, Any] | None = None
+    report = BuildReport(out, target)
+    old: dict[str, Any] = {}
     if not force:
         try:
             old = mf.read_manifest(out)
         except EngineError as exc:
             if (out / mf.MANIFEST_FILE).exists():
                 logger.info("starting a fresh build: %s", exc)
-    old_scales = (old or {}).get("scales", {})
-    model = _Model(checkpoint)
-    versions = {
-        "torch": mf.package_version("torch"),
-        "onnx": mf.package_version("onnx"),
-        "onnxscript": mf.package_version("onnxscript"),
-    }
-    from lumina_rt.export import onnx_export as ox
+    profiles = compute_profiles(config, latent, shapes)
+    b = _Build(checkpoint, out, target, precision, config, weights_hash(checkpoint), profiles, old,
+               _Model(checkpoint), tolerance, workspace_bytes)  # fmt: skip
 
-    # ---------------------------------------------------------------------------------------- 1. export
-    exporter = {
-        "opset": ox.OPSET,
-        "format": ox.EXPORT_FORMAT,
-        "threshold": ox.EXTERNAL_THRESHOLD,
-        "code": ox.graph_code_hash(),
-    }
-    export_key = mf.export_key(config.to_kwargs(), whash, list(config.patch_combos), exporter, versions)
-    export_cached = (
-        old is not None
-        and old.get("export", {}).get("key") == export_key
-        and mf.file_ok(out, old["weights"])
-        and all(mf.file_ok(out, old_scales.get(c, {}).get("onnx")) for c in config.patch_combos)
-    )
-    graph_info: dict[str, dict[str, Any]] = {}
-    if export_cached:
-        assert old is not None
-        weights_entry = old["weights"]
-        onnx_entries = {c: old_scales[c]["onnx"] for c in config.patch_combos}
-        graph_info = {
-            c: {"opset": old_scales[c].get("opset"), "ops": old_scales[c].get("ops", [])} for c in onnx_entries
-        }
-        report.cached.append("export: found cached ONNX graphs and weights.bin")
-        if backend == "tensorrt":
-            for c, info in graph_info.items():
-                foreign = [op for op in info["ops"] if op not in ox.TENSORRT_OPS]
-                if foreign:
-                    raise EngineError(
-                        f"graph of scale {c} uses operators TensorRT's ONNX parser does not take: {foreign}"
-                    )
-    else:
-        import shutil
-        import tempfile
+    stage, previous = export_stage(b)
+    export = run_stage(stage, previous, out, report)
+    graphs = export["graphs"]
+    if target == "tensorrt":
+        for c, g in graphs.items():
+            from lumina_rt.export.onnx_export import TENSORRT_OPS
 
-        import onnx
+            foreign = [op for op in g.get("ops", []) if op not in TENSORRT_OPS]
+            if foreign:
+                raise EngineError(f"graph of scale {c} uses operators TensorRT's ONNX parser does not take: {foreign}")
 
-        ref, state_dict = model.get()
-        shared = ox.SharedWeights(state_dict, out / "weights.bin")
-        with tempfile.TemporaryDirectory(prefix=".export-", dir=out) as work:
-            for combo in config.patch_combos:
-                t0 = time.perf_counter()
-                proto, raw_dir = ox.export_scale(ref, combo, Path(work) / combo)
-                shared.externalize(combo, proto, raw_dir)
-                onnx.save(proto, str(out / f".{onnx_name(combo)}.tmp"))
-                shutil.rmtree(raw_dir)  # the exporter's copy of the weights
-                logger.info(
-                    "exported scale %s in %.1f s (%d nodes)", combo, time.perf_counter() - t0, len(proto.graph.node)
-                )
-        writer = shared.finish()
-        writer.write()
-        onnx_entries = {}
-        for combo in config.patch_combos:
-            (out / f".{onnx_name(combo)}.tmp").replace(out / onnx_name(combo))
-            graph_info[combo] = ox.check_graph(out / onnx_name(combo), combo, for_tensorrt=backend == "tensorrt")
-            onnx_entries[combo] = mf.file_entry(out, onnx_name(combo))
-        weights_entry = {**mf.file_entry(out, "weights.bin"), **writer.index()}
-        report.done.append(
-            f"export: {len(onnx_entries)} ONNX graphs, shared weights.bin {writer.nbytes / 2**20:.1f} MiB "
-            f"({len(writer.tensors)} tensors)"
-        )
-
-    # ---------------------------------------------------------------------------------------- 2. check
-    ort_version = onnxruntime_engine.version()
-    checks: dict[str, dict[str, Any]] = {}
-    to_check = []
-    for combo in config.patch_combos:
-        key = mf.check_key(export_key, ort_version, repr(ox.CHECK_CASES), tolerance)
-        prev = old_scales.get(combo, {}).get("check", {})
-        if export_cached and prev.get("key") == key and prev.get("passed"):
-            checks[combo] = prev
-        else:
-            to_check.append(combo)
-            checks[combo] = {"key": key}
-    if to_check:
-        from lumina_rt.engines.weights import WeightStore
-
-        ref, _ = model.get()
-        store = WeightStore(out / weights_entry["path"], weights_entry, weights_entry["bytes"])
-        engines = onnxruntime_engine.load(out, {c: onnx_entries[c]["path"] for c in to_check}, store)
-        for combo in to_check:
-            engine = engines[combo]
-            results = ox.compare_with_reference(
-                lambda inp, e=engine: e.run(*(inp[n] for n in ox.INPUT_NAMES)), ref, combo
+    checks: dict[str, Any] = {c: None for c in b.combos}
+    if target != "torch":
+        sub = BuildReport(out, target)
+        for combo in b.combos:
+            prev = b.old_scale(combo, "check")
+            checks[combo] = run_stage(
+                check_scale(b, export, combo), prev if prev and prev.get("passed") else None, out, sub
             )
-            worst = max(r["rel_err"] for r in results)
-            checks[combo].update(
-                passed=worst <= tolerance, max_rel_err=worst, cases=results, runtime=f"onnxruntime {ort_version}"
-            )
-            if worst > tolerance:
-                raise EngineError(
-                    f"the ONNX graph of scale {combo} differs from the reference model: relative error {worst:.3e} "
-                    f"> {tolerance:g} on {results}"
-                )
-            logger.info("checked scale %s with ONNX Runtime: max rel err %.2e", combo, worst)
-        del engines, store
-        errs = ", ".join(f"{c} {checks[c]['max_rel_err']:.1e}" for c in to_check)
-        report.done.append(f"check: ONNX Runtime vs reference, max rel err {errs}")
-    else:
-        report.cached.append("check: found cached ONNX Runtime checks")
+        _merge(report, sub, "check")
 
-    # ---------------------------------------------------------------------------------------- 3. engines
-    engines_entry: dict[str, dict[str, Any] | None] = {c: None for c in config.patch_combos}
-    runtime = {"name": "onnxruntime", "version": ort_version}
-    gpu = None
-    timing_entry = None
-    if backend == "tensorrt":
-        from lumina_rt.export.tensorrt_build import BUILD_FORMAT, build_plan
-
-        trt_version = tensorrt_engine.version()
+    plans: dict[str, Any] = {c: None for c in b.combos}
+    runtime = {"name": "torch", "version": mf.package_version("torch")}
+    if target == "onnx":
+        runtime = {"name": "onnxruntime", "version": onnxruntime_engine.version()}
+    gpu, timing_entry = None, None
+    if target == "tensorrt":
         gpu = tensorrt_engine.gpu_info()
-        runtime = {"name": "tensorrt", "version": trt_version}
-        built = []
-        for combo in config.patch_combos:
-            prof = profiles[combo]
-            key = mf.engine_key(
-                onnx_entries[combo]["sha256"],
-                weights_entry["sha256"],
-                prof.to_dict(),
-                precision,
-                trt_version,
-                (gpu or {}).get("arch"),
-                BUILD_FORMAT,
-            )
-            prev = old_scales.get(combo, {}).get("engine") or {}
-            if prev.get("key") == key and mf.file_ok(out, prev):
-                engines_entry[combo] = prev
-                continue
-            ranges = [
-                prof.input_shapes(i, ox.token_features(config, combo), config.head_dim, config.cap_feat_dim)
-                for i in range(len(prof.tokens))
-            ]
-            t0 = time.perf_counter()
-            info = build_plan(
-                out / onnx_entries[combo]["path"],
-                out / plan_name(combo),
-                ranges,
-                precision,
-                out / TIMING_CACHE,
-                workspace_bytes,
-            )
-            engines_entry[combo] = {**mf.file_entry(out, plan_name(combo)), "key": key, **info}
-            built.append(f"{combo} ({time.perf_counter() - t0:.0f} s)")
+        runtime = {"name": "tensorrt", "version": tensorrt_engine.version()}
+        sub = BuildReport(out, target)
+        for combo in b.combos:
+            plans[combo] = run_stage(engine_scale(b, export, combo), b.old_scale(combo, "engine"), out, sub)
+        _merge(report, sub, "engine")
         if (out / TIMING_CACHE).is_file():
             timing_entry = {"path": TIMING_CACHE}
-        if built:
-            report.done.append(f"engine: TensorRT plans {', '.join(built)}")
-        else:
-            report.cached.append("engine: found cached TensorRT plans")
 
-    # ---------------------------------------------------------------------------------------- 4. components
-    comp_key, comp_files = _components_key(checkpoint)
     comp_entry = None
-    if comp_key is not None:
-        prev = (old or {}).get("components") or {}
-        comp_entry = {"key": comp_key, "files": comp_files}
-        if prev.get("key") == comp_key and all((out / f).exists() for f in comp_files):
-            report.cached.append("components: found cached text encoder / decoder files")
-        else:
-            components.copy_components(checkpoint, out)
-            report.done.append(f"components: copied {', '.join(comp_files)}")
-    elif (old or {}).get("components"):
+    comp = components_stage(b)
+    if comp is not None:
+        files_there = all((out / f).exists() for f in _components_key(checkpoint)[1])
+        comp_entry = run_stage(comp, old.get("components") if files_there else None, out, report)
+    elif old.get("components"):
         report.done.append("components: the checkpoint has none any more")
 
-    # ---------------------------------------------------------------------------------------- 5. manifest
     presets = components.read_components(checkpoint).get("sampling") or {}
     manifest = mf.new_manifest()
     manifest.update(
         created=mf.now(),
-        model={"name": checkpoint.name, "config": config.to_kwargs(), "weights_hash": whash},
-        backend=backend,
+        model={"name": checkpoint.name, "config": config.to_kwargs(), "weights_hash": b.weights_hash},
+        target=target,
         precision=precision,
         runtime=runtime,
         gpu=gpu,
-        export={
-            "key": export_key,
-            "opset": ox.OPSET,
-            "exporter": "torch.onnx.export(dynamo=True)",
-            "versions": versions,
-        },
-        weights=weights_entry,
+        export={k: v for k, v in export.items() if k not in ("weights", "graphs")},
+        weights=export["weights"],
         shapes={**shapes.to_dict(), "latent": vars(latent)},
         scales={
             combo: {
                 "patch": list(config.check_combo(combo)),
-                "token_features": ox.token_features(config, combo),
-                "onnx": onnx_entries[combo],
-                "opset": graph_info[combo].get("opset"),
-                "ops": graph_info[combo].get("ops", []),
+                "token_features": token_features(config, combo),
+                "onnx": graphs[combo]["onnx"],
+                "opset": graphs[combo]["opset"],
+                "ops": graphs[combo]["ops"],
                 "check": checks[combo],
-                "profile": profiles[combo].to_dict(),
-                "engine": engines_entry[combo],
+                "profile": b.profiles[combo].to_dict(),
+                "engine": plans[combo],
             }
-            for combo in config.patch_combos
+            for combo in b.combos
         },
         timing_cache=timing_entry,
         components=comp_entry,
         default_sample_preset=_default_preset(config, presets, default_preset),
         sample_presets=presets,
+        ranking=None,
     )
     manifest = json.loads(json.dumps(manifest))  # plain JSON types, comparable with the one read back
-    if old is not None:
+    stage = measure_stage(b, manifest, measure_steps)
+    previous = old.get("ranking")
+    if measure:
+        manifest["ranking"] = run_stage(stage, previous, out, report)
+    elif previous and previous.get("key") == stage.key:  # not asked to measure: keep a ranking that still holds
+        manifest["ranking"] = previous
+    report.ranking = manifest["ranking"]
+    if old:
         unchanged = {k: v for k, v in old.items() if k != "created"} == {
             k: v for k, v in manifest.items() if k != "created"
         }
         if not unchanged and not report.done:
             report.done.append("manifest: profiles / presets / versions updated (no file needed rebuilding)")
-    if old is None or report.done:
+    if not old or report.done:
         mf.write_manifest(out, manifest)
         _remove_stale(out, old, manifest)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _merge(report: BuildReport, sub: BuildReport, name: str) -> None:
+    """Per-scale runs of one stage reported as one line each way."""
+    if sub.done:
+        report.done.append(f"{name}: " + "; ".join(d.split(": ", 1)[1] for d in sub.done))
+    elif sub.cached:
+        report.cached.append(sub.cached[0])
 
 
 def _named_files(manifest: dict[str, Any] | None) -> set[str]:
@@ -445,8 +555,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The build command's flags (shared by this script and `lumina-rt build`)."""
     p.add_argument("--checkpoint", required=True, help="checkpoint directory (native or released layout)")
     p.add_argument("--out", required=True, help="engine directory to create or bring up to date")
-    p.add_argument("--backend", default="auto", choices=BACKENDS, help="auto: TensorRT where it and a GPU exist")
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="engine precision (fp16/bf16: TensorRT)")
+    p.add_argument(
+        "--target",
+        default="auto",
+        choices=TARGETS,
+        help="files to build: torch (weights only), onnx (+ ONNX graphs), tensorrt (+ plans); auto: the most this "
+        "machine can build and run",
+    )
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=PRECISIONS,
+        help="engine precision (bf16: torch / TensorRT, fp16: TensorRT)",
+    )
     default_res = ",".join(f"{h}x{w}" for h, w in DEFAULT_RESOLUTIONS)
     p.add_argument(
         "--resolutions", default=default_res, help=f"served HEIGHTxWIDTH in pixels, comma-separated ({default_res})"
@@ -462,28 +583,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tolerance", type=float, default=TOLERANCE, help="max relative error of the ONNX check")
     p.add_argument("--workspace-gib", type=float, default=None, help="TensorRT builder workspace limit")
     p.add_argument("--force", action="store_true", help="rebuild every stage even if cached")
+    p.add_argument(
+        "--no-measure",
+        action="store_true",
+        help="do not time the engine backends (auto then follows a fixed order instead of the measured ranking)",
+    )
+    p.add_argument("--measure-steps", type=int, default=3, help="timed steps per backend and scale (default 3)")
 
 
 def run(args: argparse.Namespace) -> int:
     report = build(
         args.checkpoint,
         args.out,
-        backend=args.backend,
+        target=args.target,
         precision=args.precision,
         shapes=_served_shapes(args),
         default_preset=args.default_preset,
         tolerance=args.tolerance,
         workspace_bytes=int(args.workspace_gib * 2**30) if args.workspace_gib else None,
         force=args.force,
+        measure=not args.no_measure,
+        measure_steps=args.measure_steps,
     )
     for line in report.cached:
         print(f"cached  {line}")
     for line in report.done:
         print(f"built   {line}")
+    for line in ranking_lines(report.ranking):
+        print(line)
     if report.changed:
-        print(f"engines ({report.backend}) written to {report.engine_dir} in {report.seconds:.1f} s")
+        print(f"engines (target {report.target}) written to {report.engine_dir} in {report.seconds:.1f} s")
     else:
-        print(f"nothing to do: the engines in {report.engine_dir} are up to date ({report.backend})")
+        print(f"nothing to do: the engines in {report.engine_dir} are up to date (target {report.target})")
     return 0
 
 
@@ -502,5 +633,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # `python export/build_engines.py`: run the installed module (lumina_rt.export)
+    from lumina_rt.export.build_engines import main as _main
+
+    sys.exit(_main())

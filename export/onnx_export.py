@@ -35,7 +35,8 @@ import torch
 from onnx import TensorProto, numpy_helper
 
 from lumina_rt import ops
-from lumina_rt.config import ModelConfig, parse_patch_combo
+from lumina_rt.config import ModelConfig
+from lumina_rt.engines.profiles import token_features
 from lumina_rt.engines.weights import WEIGHTS_FILE, WeightStoreWriter, content_key
 from lumina_rt.errors import EngineError
 from lumina_rt.model import MultiScaleNextDiT, rope_tables
@@ -99,11 +100,6 @@ def graph_code_hash() -> str:
     for module in (model_module, ops, sys.modules[__name__]):
         h.update(inspect.getsource(module).encode())
     return h.hexdigest()[:16]
-
-
-def token_features(config: ModelConfig, combo: str) -> int:
-    pf, p = parse_patch_combo(combo)
-    return pf * p * p * config.in_channels
 
 
 @dataclass(frozen=True)

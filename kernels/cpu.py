@@ -187,6 +187,7 @@ CPU_IMPLS: dict[str, Callable] = {
     "gated_residual": gated_residual,
     "layernorm_modulate": layernorm_modulate,
     "rope_qk": rope_qk,
+    "rope_qk_layernorm": rope_qk_layernorm,
     "patchify": patchify,
     "unpatchify": unpatchify,
 }

@@ -25,9 +25,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lumina_rt.components import (
-    LatentSpec,
-    load_decoder,
-    load_text_encoder,
     read_components,
     register_decoder,
     register_text_encoder,
@@ -271,27 +268,8 @@ def sample_presets(directory: str | Path | None = None) -> dict[str, dict[str, A
 
 
 # ------------------------------------------------------------------------------------------------
-# Reference generation (torch model + reference sampler)
+# Reference generation (torch model + the one pipeline)
 # ------------------------------------------------------------------------------------------------
-
-_CACHE: dict[str, Any] = {}
-
-
-def load_pipeline(directory: str | Path | None = None):
-    """(model, text encoder, decoder, latent spec) of a checkpoint directory (cached per directory)."""
-    from lumina_rt.checkpoint import load_model
-
-    directory = Path(builtin_dir() if directory is None else directory)
-    key = str(directory.resolve())
-    if key not in _CACHE:
-        model = load_model(directory)
-        encoder = load_text_encoder(directory)
-        decoder = load_decoder(directory)
-        if encoder is None or decoder is None:
-            raise TextEncoderError(f"{str(directory)!r} has no components.json naming a text encoder and decoder")
-        spec = LatentSpec(**read_components(directory)["latent"])
-        _CACHE[key] = (model, encoder, decoder, spec)
-    return _CACHE[key]
 
 
 @torch.no_grad()
@@ -308,44 +286,37 @@ def generate_reference(
     directory: str | Path | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Videos [B, 3, F, H, W] in [0, 1] (B = number of prompts) from the reference model and sampler.
+    """Videos [B, 3, F, H, W] in [0, 1] (B = number of prompts) from the reference model, through `Pipeline`.
 
     `sample`: "single_scale" / "multi_scale" (the checkpoint's presets) or a SampleConfig dict; `motion` may
     be one score per prompt (negative: unconditioned). Negative condition: the system prompt alone.
     """
-    from lumina_rt.sampling import Conditioning, SampleConfig, sample_euler
+    from lumina_rt.pipeline import reference_pipeline
 
-    model, encoder, decoder, spec = load_pipeline(directory)
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-    cfg_dict = dict(sample_presets(directory)[sample]) if isinstance(sample, str) else dict(sample)
+    pipeline = reference_pipeline(str(Path(builtin_dir() if directory is None else directory).resolve()))
+    if pipeline.decoder() is None:
+        raise TextEncoderError(f"{str(pipeline.components_dir)!r} has no components.json naming a decoder")
+    recipe: dict[str, Any] = {}
+    per_item = list(motion) if isinstance(motion, (list, tuple)) else None
+    if motion is not None and per_item is None:
+        recipe["motion"] = float(motion)
     if steps is not None:
-        cfg_dict["step"] = int(steps)
+        recipe["steps"] = int(steps)
     if cfg is not None:
-        cfg_dict["cfg"] = float(cfg)
-    motions = motion if isinstance(motion, (list, tuple)) else None
-    if motion is not None and motions is None:
-        cfg_dict["motion"] = float(motion)
-    config = SampleConfig.from_dict(cfg_dict)
-    config.validate(model.config.patch_combos)
-    f, h, w = spec.latent_shape(frames, height, width)
-    gen = torch.Generator().manual_seed(int(seed))
-    z = torch.randn(len(prompts), spec.channels, f, h, w, generator=gen)
-    pos = Conditioning(*encoder.encode(prompts))
-    neg = Conditioning(*encoder.encode([""] * len(prompts)))
-    velocity = model.velocity
-    if motions is not None:
-        if len(motions) != len(prompts):
-            raise InputError(f"{len(motions)} motion scores for {len(prompts)} prompts")
-        per_item = torch.tensor(motions, dtype=torch.float32)
-
-        def velocity(x, t, cap_feats, cap_mask, m, combo):  # replace the scalar positive motion per item
-            b = len(prompts)
-            m = m.clone()
-            m[:b] = torch.where(m[:b] < 0, m[:b], per_item)
-            return model.velocity(x, t, cap_feats, cap_mask, m, combo)
-
-    latents = sample_euler(velocity, z, pos, neg, config, progress=progress)
-    return decoder.decode(latents / spec.scale)
+        recipe["cfg"] = float(cfg)
+    result = pipeline.generate(
+        prompt,
+        frames=frames,
+        height=height,
+        width=width,
+        preset=sample,
+        item_motion=per_item,
+        seed=seed,
+        progress=progress,
+        **{k: v for k, v in recipe.items() if v is not None},
+    )
+    assert result.frames is not None
+    return result.frames
 
 
 def save_video(frames: torch.Tensor, path: str | Path, fps: int = 8, upscale: int = 4) -> Path:

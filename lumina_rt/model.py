@@ -179,10 +179,14 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         b, n, _ = x.shape
         dtype = x.dtype
-        xq = self.q_norm(self.wq(x)).view(b, n, self.n_heads, self.head_dim)
-        xk = self.k_norm(self.wk(x)).view(b, n, self.n_kv_heads, self.head_dim)
+        xq = self.wq(x).view(b, n, self.n_heads, self.head_dim)
+        xk = self.wk(x).view(b, n, self.n_kv_heads, self.head_dim)
         xv = self.wv(x)
-        xq, xk = ops.rope_qk(xq, xk, cos, sin)
+        if isinstance(self.q_norm, nn.LayerNorm):  # QK-norm and RoPE in one fused op
+            qn, kn = self.q_norm, self.k_norm
+            xq, xk = ops.rope_qk_layernorm(xq, xk, cos, sin, qn.weight, qn.bias, kn.weight, kn.bias, qn.eps)
+        else:
+            xq, xk = ops.rope_qk(xq, xk, cos, sin)
         q = xq.to(dtype).transpose(1, 2)  # [B, Hq, N, Dh]
         k = self._heads(xk.to(dtype).flatten(2), self.n_kv_heads)
         v = self._heads(xv, self.n_kv_heads)

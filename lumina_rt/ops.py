@@ -19,6 +19,7 @@ import logging
 from collections.abc import Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 
 from lumina_rt.errors import BackendUnavailableError
 
@@ -70,6 +71,23 @@ def _rope_qk_torch(
     return rope_rotate(q, cos, sin), rope_rotate(k, cos, sin)
 
 
+def _rope_qk_layernorm_torch(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    q_w: torch.Tensor,
+    q_b: torch.Tensor,
+    k_w: torch.Tensor,
+    k_b: torch.Tensor,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    def norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x.flatten(2), (x.shape[2] * x.shape[3],), w, b, eps).view(x.shape)
+
+    return _rope_qk_torch(norm(q, q_w, q_b), norm(k, k_w, k_b), cos, sin)
+
+
 def _patchify_torch(x: torch.Tensor, pf: int, ph: int, pw: int) -> torch.Tensor:
     b, c, f, h, w = x.shape
     if f == 1 and pf > 1:
@@ -95,17 +113,19 @@ def _unpatchify_torch(
 # Dispatch
 # ----------------------------------------------------------------------------------------------
 
-_TORCH_IMPLS: dict[str, Callable] = {
+# The reference (PyTorch) implementation of every fused op, by op name.
+TORCH_IMPLS: dict[str, Callable] = {
     "rmsnorm_modulate": _rmsnorm_modulate_torch,
     "gated_residual": _gated_residual_torch,
     "layernorm_modulate": _layernorm_modulate_torch,
     "rope_qk": _rope_qk_torch,
+    "rope_qk_layernorm": _rope_qk_layernorm_torch,
     "patchify": _patchify_torch,
     "unpatchify": _unpatchify_torch,
 }
 
 
-def _fused_impls(name: str) -> dict[str, Callable]:
+def fused_impls(name: str) -> dict[str, Callable]:
     """Implementation table of a fused backend; raises BackendUnavailableError when it cannot run."""
     if name == "triton":
         try:
@@ -129,7 +149,7 @@ def available_backends() -> list[str]:
     names = ["torch"]
     for name in ("triton", "cpu-fused"):
         try:
-            _fused_impls(name)
+            fused_impls(name)
             names.append(name)
         except BackendUnavailableError:
             pass
@@ -142,7 +162,7 @@ def set_backend(name: str) -> None:
     if name not in BACKENDS:
         raise BackendUnavailableError(f"unknown kernel backend {name!r}; choose one of {BACKENDS}")
     if name in ("triton", "cpu-fused"):
-        _fused_impls(name)  # fail now, not in the middle of a forward
+        fused_impls(name)  # fail now, not in the middle of a forward
     _backend = name
     logger.debug("kernel backend set to %s", name)
 
@@ -166,17 +186,17 @@ def _impl(op: str, like: torch.Tensor) -> Callable:
     backend = _backend
     # The fused kernels have no backward: whenever autograd records (training), use the torch math.
     if backend == "torch" or torch.is_grad_enabled() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-        return _TORCH_IMPLS[op]
+        return TORCH_IMPLS[op]
     if backend == "auto":
         if like.is_cuda:
             backend = "triton"
         else:
             backend = "cpu-fused"
         try:
-            return _fused_impls(backend).get(op, _TORCH_IMPLS[op])
+            return fused_impls(backend).get(op, TORCH_IMPLS[op])
         except BackendUnavailableError:
-            return _TORCH_IMPLS[op]
-    return _fused_impls(backend).get(op, _TORCH_IMPLS[op])
+            return TORCH_IMPLS[op]
+    return fused_impls(backend).get(op, TORCH_IMPLS[op])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -206,6 +226,21 @@ def rope_qk(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """3D RoPE on q [B, N, Hq, Dh] and k [B, N, Hk, Dh] with float32 tables cos/sin [N, Dh/2] or [B, N, Dh/2]."""
     return _impl("rope_qk", q)(q, k, cos, sin)
+
+
+def rope_qk_layernorm(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    q_w: torch.Tensor,
+    q_b: torch.Tensor,
+    k_w: torch.Tensor,
+    k_b: torch.Tensor,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """QK-LayerNorm (weights [Hq*Dh] / [Hk*Dh], over each token's whole row) then 3D RoPE, as `rope_qk`."""
+    return _impl("rope_qk_layernorm", q)(q, k, cos, sin, q_w, q_b, k_w, k_b, eps)
 
 
 def patchify(x: torch.Tensor, pf: int, ph: int, pw: int) -> torch.Tensor:

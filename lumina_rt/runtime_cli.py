@@ -35,12 +35,12 @@ def _time_aware(text: str | None):
 def builtin_engines() -> Path:
     """Engines of the built-in model, built on first use into the cache (LUMINA_RT_CACHE, ~/.cache/lumina_rt)."""
     from lumina_rt.builtin_parts import builtin_dir
+    from lumina_rt.engines.profiles import ServeShapes
     from lumina_rt.export.build_engines import build
-    from lumina_rt.export.profiles import ServeShapes
 
     cache = Path(os.environ.get("LUMINA_RT_CACHE", Path.home() / ".cache" / "lumina_rt"))
     out = cache / "engines" / "builtin"
-    report = build(builtin_dir(), out, backend="auto", shapes=ServeShapes(**BUILTIN_SHAPES))
+    report = build(builtin_dir(), out, target="auto", shapes=ServeShapes(**BUILTIN_SHAPES))
     if report.changed:
         print(f"built the built-in model's engines in {out} ({report.seconds:.0f} s)")
     return out

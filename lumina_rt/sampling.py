@@ -123,6 +123,11 @@ class SampleConfig:
     def combos(self) -> list[str]:
         return [str(c) for c in _values_of(self.P)]
 
+    @property
+    def guided(self) -> bool:
+        """Whether guidance is on at some t (a negative condition is needed)."""
+        return any(float(v) > 0 for v in _values_of(self.cfg))
+
     def replace(self, **changes: Any) -> SampleConfig:
         import dataclasses
 
@@ -219,12 +224,15 @@ def guided_velocity(
     pos: Conditioning,
     neg: Conditioning | None,
     config: SampleConfig,
+    item_motion: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Classifier-free-guided velocity at time t for the positive samples x [B, ...].
 
     Positive and negative branches run as one batch (the negative on a copy of x with the negative caption
     and motion). guided = pos + s * (pos - neg); if renorm > 0 and its per-item norm exceeds
     renorm * norm(pos), it is scaled down to that norm. A scale of 0 at t skips the negative branch.
+    `item_motion` [B]: one positive motion score per sample, used wherever the schedule's motion at t is
+    conditioned (>= 0); where the schedule says unconditioned (< 0) that wins.
     """
     b = x.shape[0]
     if pos.cap_feats.shape[0] != b:
@@ -234,6 +242,10 @@ def guided_velocity(
     motion = float(time_aware_value(config.motion, t, "motion"))
     t_vec = torch.full((b,), t, dtype=torch.float32, device=x.device)
     m_vec = torch.full((b,), motion, dtype=torch.float32, device=x.device)
+    if item_motion is not None and motion >= 0:
+        if tuple(item_motion.shape) != (b,):
+            raise InputError(f"item_motion must have shape ({b},), got {tuple(item_motion.shape)}")
+        m_vec = item_motion.to(device=x.device, dtype=torch.float32)
     if scale > 0.0:
         if neg is None:
             raise InputError(f"cfg scale {scale} at t={t:.4f} needs a negative caption (neg=None)")
@@ -270,12 +282,13 @@ def sample_euler(
     return_trajectory: bool = False,
     callback: Callable[[int, float, str], None] | None = None,
     patch_combos: Sequence[str] | None = None,
+    item_motion: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Euler flow-matching sampling from noise z [B, C, F, H, W] on the shifted grid.
 
     Returns the final sample, or with `return_trajectory` the states at every grid point [steps, B, ...].
     `callback(step, t, combo)` is called before each velocity evaluation. With `patch_combos` (the model's),
-    a schedule naming another patch size is refused before any work.
+    a schedule naming another patch size is refused before any work. `item_motion`: see `guided_velocity`.
     """
     config.validate(patch_combos)
     if not bool(torch.isfinite(z).all()):
@@ -290,7 +303,7 @@ def sample_euler(
         if callback is not None:
             callback(k, t0, combo)
         bar.set_postfix(t=f"{t0:.3f}", P=combo, refresh=False)
-        v = guided_velocity(velocity_fn, x.to(z.dtype), t0, pos, neg, config)
+        v = guided_velocity(velocity_fn, x.to(z.dtype), t0, pos, neg, config, item_motion)
         x = x + (t1 - t0) * v
         if states is not None:
             states.append(x)

@@ -11,8 +11,8 @@ import tempfile
 from pathlib import Path
 
 from lumina_rt.checkpoint import save_native
+from lumina_rt.engines.profiles import ServeShapes
 from lumina_rt.export.build_engines import BuildReport, build
-from lumina_rt.export.profiles import ServeShapes
 from lumina_rt.parity import load_fixture
 from tests._fixture_gen import EXTRA_CONFIGS, make_fixture
 from tests._paths import PUBLIC_FIXTURE, require
@@ -44,6 +44,6 @@ def engines(name: str, shapes: ServeShapes | None = None) -> tuple[Path, Path, B
         fx = load_fixture(fixture_path(name))
         ckpt = save_native(root() / f"ckpt_{name}", fx.config, fx.state_dict)
         out = root() / f"engines_{name}"
-        report = build(ckpt, out, backend="onnxruntime", shapes=shapes)
+        report = build(ckpt, out, target="onnx", shapes=shapes, measure=False)
         _BUILT[name] = (ckpt, out, report)
     return _BUILT[name]

@@ -9,11 +9,9 @@ import pytest
 
 from lumina_rt.components import LatentSpec
 from lumina_rt.config import ModelConfig
+from lumina_rt.engines import manifest as mf
 from lumina_rt.engines import tensorrt_engine
-from lumina_rt.engines.weights import WeightStore, WeightStoreWriter
-from lumina_rt.errors import BackendUnavailableError, ConfigError, EngineError, InputError
-from lumina_rt.export import manifest as mf
-from lumina_rt.export.profiles import (
+from lumina_rt.engines.profiles import (
     Range,
     ScaleProfile,
     ServeShapes,
@@ -22,6 +20,8 @@ from lumina_rt.export.profiles import (
     parse_resolutions,
     scale_tokens,
 )
+from lumina_rt.engines.weights import WeightStore, WeightStoreWriter
+from lumina_rt.errors import BackendUnavailableError, ConfigError, EngineError, InputError
 
 TINY = ModelConfig.from_name("tiny")
 COGVIDEOX = LatentSpec(channels=4, temporal_factor=4, spatial_factor=8, scale=1.15258426)
@@ -129,7 +129,7 @@ def test_export_and_check_keys():
 
 def _manifest(**changes):
     m = mf.new_manifest()
-    m.update(model={}, backend="onnxruntime", precision="fp32", runtime={}, weights={}, scales={"1x2": {}}, shapes={})
+    m.update(model={}, target="onnx", precision="fp32", runtime={}, weights={}, scales={"1x2": {}}, shapes={})
     m.update(changes)
     return m
 
@@ -153,7 +153,7 @@ def test_manifest_validation_names_the_problem(tmp_path):
         with pytest.raises(EngineError, match=pattern):
             mf.read_manifest(tmp_path)
     mf.write_manifest(tmp_path, _manifest())
-    assert mf.read_manifest(tmp_path)["backend"] == "onnxruntime"
+    assert mf.read_manifest(tmp_path)["target"] == "onnx"
 
 
 def test_file_entries_detect_missing_truncated_and_altered_files(tmp_path):
@@ -211,8 +211,8 @@ def test_tensorrt_absence_is_a_typed_error():
         from lumina_rt.export.tensorrt_build import build_plan
 
         build_plan("x.onnx", "x.plan", [{"tokens": [[1, 1, 16], [1, 1, 16], [1, 1, 16]]}])
-    from lumina_rt.export.build_engines import resolve_backend
+    from lumina_rt.export.build_engines import resolve_target
 
     with pytest.raises(BackendUnavailableError, match="cannot build TensorRT engines"):
-        resolve_backend("tensorrt")
-    assert resolve_backend("auto") == "onnxruntime"
+        resolve_target("tensorrt")
+    assert resolve_target("auto") == "onnx"

@@ -1,21 +1,32 @@
-"""Per-patch-size engines behind one interface, one module per backend.
+"""The serving side of an engine directory: per-patch-size engines behind one table of engine backends.
 
-A backend module loads the engines of an engine directory (`lumina_rt.runtime.Runtime` reads the manifest and
-picks the backend) and returns one `ScaleEngine` per patch combo. An engine computes one velocity evaluation on
-patchified tokens; patchify, RoPE tables, profiles and the schedule stay in the runtime.
+An *engine backend* is how one scale's velocity is computed from an engine directory. Each lives in a module that
+offers the same two functions, looked up through `BACKENDS` (no if/elif anywhere):
 
-- `onnxruntime_engine`: ONNX Runtime sessions (CPU or CUDA) sharing one in-memory copy of the weights;
-- `tensorrt_engine`: TensorRT 10 plans (weight-stripped, refitted from the shared weights at load);
-- `torch_engine`: the reference model rebuilt from the same weight file (torch kernels, or Triton on CUDA).
+- `unavailable_reason(engines, backend) -> str | None`: why this backend cannot run here (None: it can);
+- `load(engines, backend, combos) -> {combo: ScaleEngine}`: its engines for these patch combos.
+
+`engines` is the `EngineSet` asking (`lumina_rt.engines.engine_set`): it gives the manifest, the verified files,
+the shared weight store and a place for state the scales of one backend share. Backends:
+
+- `tensorrt`: TensorRT 10 plans (GPU);
+- `onnxruntime-cuda` / `onnxruntime`: ONNX Runtime sessions on the GPU / CPU;
+- `torch-triton`: the reference model on the GPU with the Triton fused kernels;
+- `torch-cpu-fused`: the reference model on the CPU with the C++ fused kernels (csrc/);
+- `torch`: the reference model on the CPU with PyTorch's own ops.
+
+Other names: a *kernel backend* (`lumina_rt.ops`: torch / triton / cpu-fused) is what a torch engine runs its fused
+ops with; a *build target* (`lumina-rt build --target`) is which files a build writes (torch / onnx / tensorrt).
 """
 
 from __future__ import annotations
 
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
 from typing import Protocol
 
 import torch
-
-BACKENDS = ("tensorrt", "onnxruntime-cuda", "torch-triton", "onnxruntime", "torch")
 
 
 class ScaleEngine(Protocol):
@@ -34,3 +45,31 @@ class ScaleEngine(Protocol):
         motion: torch.Tensor,
         profile_index: int = 0,
     ) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class Backend:
+    """An engine backend: its module, device, and (torch engines) the kernel backend its fused ops use."""
+
+    name: str
+    module: str
+    device: str
+    kernels: str | None = None
+
+    def impl(self) -> ModuleType:
+        return importlib.import_module(self.module)
+
+
+BACKENDS: dict[str, Backend] = {
+    b.name: b
+    for b in (
+        Backend("tensorrt", "lumina_rt.engines.tensorrt_engine", "cuda"),
+        Backend("onnxruntime-cuda", "lumina_rt.engines.onnxruntime_engine", "cuda"),
+        Backend("torch-triton", "lumina_rt.engines.torch_engine", "cuda", kernels="triton"),
+        Backend("onnxruntime", "lumina_rt.engines.onnxruntime_engine", "cpu"),
+        Backend("torch-cpu-fused", "lumina_rt.engines.torch_engine", "cpu", kernels="cpu-fused"),
+        Backend("torch", "lumina_rt.engines.torch_engine", "cpu", kernels="torch"),
+    )
+}
+# `auto` follows the ranking `lumina-rt build` measured (manifest "ranking"); this order only where there is none.
+UNMEASURED_ORDER = tuple(BACKENDS)

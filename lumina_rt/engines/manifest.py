@@ -6,14 +6,16 @@ nothing. Top-level fields:
 
 - `format`, `format_version`, `lumina_rt_version`, `created`;
 - `model`: `config` (constructor keyword arguments), `name`, `weights_hash` (SHA-256 of the checkpoint's weights);
-- `backend` ("onnxruntime" or "tensorrt"), `precision`, `runtime` {name, version}, `gpu` {name, arch} or null;
-- `export`: key, opset, exporter and library versions;
+- `target` (the build target: "torch", "onnx" or "tensorrt"), `precision`, `runtime` {name, version},
+  `gpu` {name, arch} or null;
+- `export`: key, opset (null for target torch), exporter and library versions;
 - `weights`: the shared weight store (`lumina_rt.engines.weights`): file entry, `tensors`, `params`;
 - `shapes`: the served shapes the profiles were computed from;
-- `scales`: per patch combo ("1x2"): `patch`, `token_features`, `onnx` file entry, `ops`, `check` (the ONNX Runtime
-  comparison with the reference model), `profile` (batch / token / caption ranges), `engine` (TensorRT plan entry
-  or null);
-- `timing_cache`, `components`, `default_sample_preset`, `sample_presets`.
+- `scales`: per patch combo ("1x2"): `patch`, `token_features`, `onnx` file entry (or null), `ops`, `check` (the
+  ONNX Runtime comparison with the reference model, or null), `profile` (batch / token / caption ranges), `engine`
+  (TensorRT plan entry or null);
+- `timing_cache`, `components`, `default_sample_preset`, `sample_presets`;
+- `ranking`: the engine backends measured per scale, fastest first (`lumina_rt.engines.measure`), or null.
 
 A file entry is {path (relative), bytes, sha256}.
 """
@@ -32,9 +34,9 @@ from typing import Any
 from lumina_rt.errors import EngineError
 
 FORMAT = "lumina-rt-engines"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST_FILE = "manifest.json"
-REQUIRED = ("model", "backend", "precision", "runtime", "weights", "scales", "shapes")
+REQUIRED = ("model", "target", "precision", "runtime", "weights", "scales", "shapes")
 
 
 def lumina_version() -> str:

@@ -14,12 +14,17 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from lumina_rt.engines import Backend
 from lumina_rt.engines.weights import WeightStore
 from lumina_rt.errors import BackendUnavailableError, EngineError
+
+if TYPE_CHECKING:
+    from lumina_rt.engines.engine_set import EngineSet
 
 logger = logging.getLogger(__name__)
 
@@ -166,22 +171,42 @@ class OrtScaleEngine:
         return torch.from_numpy(out).to(tokens.device)
 
 
-def load(
-    engine_dir: str | os.PathLike,
-    onnx_files: dict[str, str],
-    store: WeightStore,
-    cuda: bool = False,
-    threads: int | None = None,
-    shared: SharedInitializers | None = None,
-) -> dict[str, OrtScaleEngine]:
-    """Sessions for {combo: relative ONNX path}, all sharing `store` (or the OrtValues of `shared`)."""
-    if cuda:
-        reason = cuda_unavailable_reason()
-        if reason:
-            raise BackendUnavailableError(f"backend 'onnxruntime-cuda' cannot run: {reason}")
-    if shared is None:
-        shared = SharedInitializers(store, "cuda" if cuda else "cpu")
+def unavailable_reason(engines: EngineSet, backend: Backend) -> str | None:
+    """None when ONNX Runtime can run these engines on the backend's device (see `lumina_rt.engines`).
+
+    The graphs are float32 whatever the build's precision (which applies to TensorRT plans and torch engines).
+    """
+    if any(not s.get("onnx") for s in engines.manifest["scales"].values()):
+        return "the engine directory has no ONNX graphs (built with --target torch; rebuild with --target onnx)"
+    if version() is None:
+        return "ONNX Runtime is not installed (pip install 'lumina-rt[onnx]')"
+    return cuda_unavailable_reason() if backend.device == "cuda" else None
+
+
+def load(engines: EngineSet, backend: Backend, combos: list[str]) -> dict[str, OrtScaleEngine]:
+    """Sessions for these combos, all sharing one set of OrtValues over the engine set's weight store."""
+    reason = unavailable_reason(engines, backend)
+    if reason:
+        raise BackendUnavailableError(f"backend {backend.name!r} cannot run: {reason}")
+    cuda = backend.device == "cuda"
+    shared = engines.shared(
+        f"ort-initializers-{backend.device}", lambda: SharedInitializers(engines.weights(), backend.device)
+    )
+    scales = engines.manifest["scales"]
     return {
-        combo: OrtScaleEngine(combo, Path(engine_dir) / rel, shared, cuda=cuda, threads=threads)
+        combo: OrtScaleEngine(
+            combo, engines.file(scales[combo]["onnx"], f"ONNX graph of scale {combo}"), shared, cuda, engines.threads
+        )
+        for combo in combos
+    }
+
+
+def load_files(
+    engine_dir: str | os.PathLike, onnx_files: dict[str, str], store: WeightStore, threads: int | None = None
+) -> dict[str, OrtScaleEngine]:
+    """CPU sessions for {combo: relative ONNX path} sharing `store`, without a manifest (the build's check stage)."""
+    shared = SharedInitializers(store, "cpu")
+    return {
+        combo: OrtScaleEngine(combo, Path(engine_dir) / rel, shared, threads=threads)
         for combo, rel in onnx_files.items()
     }

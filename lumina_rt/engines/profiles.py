@@ -124,6 +124,12 @@ def parse_frames(text: str | Iterable[str]) -> tuple[int, ...]:
     return out
 
 
+def token_features(config: ModelConfig, combo: str) -> int:
+    """Width of one token of scale `combo`: pf * p * p * in_channels."""
+    pf, p = parse_patch_combo(combo)
+    return pf * p * p * config.in_channels
+
+
 def scale_tokens(latent: tuple[int, int, int], pf: int, p: int) -> int:
     """Token count of a latent grid (f, h, w) at patch (pf, p); InputError when the grid does not divide."""
     f, h, w = latent

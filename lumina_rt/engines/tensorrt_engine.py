@@ -13,16 +13,18 @@ TensorRT is imported lazily: nothing here runs, or is imported, on a machine wit
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
+from lumina_rt.engines import Backend
 from lumina_rt.errors import BackendUnavailableError, EngineError
 
 if TYPE_CHECKING:
     import tensorrt as trt
+
+    from lumina_rt.engines.engine_set import EngineSet
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +67,10 @@ def gpu_info() -> dict[str, str] | None:
     return {"name": torch.cuda.get_device_name(), "arch": f"sm_{major}{minor}"}
 
 
-def unavailable_reason() -> str | None:
-    """None when TensorRT engines can be built and run here, else why not."""
+def unavailable_reason(engines: EngineSet | None = None, backend: Backend | None = None) -> str | None:
+    """None when TensorRT engines can be built and run here, else why not; with `engines`, also their plans."""
+    if engines is not None:
+        return backend_unavailable_reason(engines)
     try:
         require_tensorrt()
     except BackendUnavailableError as exc:
@@ -188,15 +192,37 @@ class TrtScaleEngine:
         return out.to(tokens.device)
 
 
-def load(engine_dir: str | os.PathLike, plans: dict[str, dict[str, Any]]) -> dict[str, TrtScaleEngine]:
-    """Engines for {combo: {"plan": rel path, "onnx": rel path, "stripped": bool}}, sharing one scratch buffer."""
+def backend_unavailable_reason(engines: EngineSet) -> str | None:
+    """None when these engines' TensorRT plans can run here."""
+    if any(not s.get("engine") for s in engines.manifest["scales"].values()):
+        return f"the engines were built for target {engines.manifest['target']} (no TensorRT plans in the manifest)"
     reason = unavailable_reason()
     if reason:
+        return reason
+    built = engines.manifest["runtime"].get("version")
+    if built != version():
+        return f"plans were built by TensorRT {built}, this is TensorRT {version()}"
+    arch = (engines.manifest.get("gpu") or {}).get("arch")
+    here = (gpu_info() or {}).get("arch")
+    if arch != here:
+        return f"plans were built for GPU {arch}, this GPU is {here}"
+    return None
+
+
+def load(engines: EngineSet, backend: Backend, combos: list[str]) -> dict[str, TrtScaleEngine]:
+    """Engines for these combos, refitted from the shared weights, sharing one scratch buffer."""
+    reason = backend_unavailable_reason(engines)
+    if reason:
         raise BackendUnavailableError(f"backend 'tensorrt' cannot run: {reason}")
-    root = Path(engine_dir)
-    scratch = SharedScratch()
+    scratch = engines.shared("tensorrt-scratch", SharedScratch)
+    scales = engines.manifest["scales"]
     out = {}
-    for combo, entry in plans.items():
-        onnx_path = root / entry["onnx"] if entry.get("stripped") else None
-        out[combo] = TrtScaleEngine(combo, deserialize(root / entry["plan"], onnx_path, combo), scratch)
+    for combo in combos:
+        entry = scales[combo]["engine"]
+        plan = engines.file(entry, f"TensorRT plan of scale {combo}")
+        onnx_path = engines.file(scales[combo].get("onnx"), f"ONNX graph of scale {combo}")
+        engines.weights()
+        out[combo] = TrtScaleEngine(
+            combo, deserialize(plan, onnx_path if entry.get("stripped") else None, combo), scratch
+        )
     return out

@@ -1,37 +1,65 @@
 """Torch engines: the reference model rebuilt from the engine directory's weight file (no checkpoint needed).
 
-One model serves every patch size (the scales share its backbone by construction). Kernel backend: "torch"
-(reference math) on CPU, "triton" on CUDA (backend name "torch-triton").
+One model serves every patch size (the scales share its backbone by construction); on the CPU in fp32 its
+parameters view the weight store's buffer (no copy). Engine backends (`lumina_rt.engines.BACKENDS`): `torch` (the
+reference math), `torch-cpu-fused` (the C++ fused ops of csrc/), `torch-triton` (CUDA, Triton fused ops). Engines
+built with `--precision bf16` run the model in bf16 (on the CPU only where it computes bf16 natively).
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from lumina_rt import ops
 from lumina_rt.config import ModelConfig
+from lumina_rt.engines import Backend
 from lumina_rt.engines.weights import WeightStore
 from lumina_rt.errors import BackendUnavailableError, EngineError
 from lumina_rt.model import MultiScaleNextDiT
 
+if TYPE_CHECKING:
+    from lumina_rt.engines.engine_set import EngineSet
+
 logger = logging.getLogger(__name__)
 
 
-def triton_unavailable_reason() -> str | None:
-    if not torch.cuda.is_available():
-        return "no CUDA GPU"
+def engine_dtype(precision: str) -> torch.dtype:
+    """What torch engines compute in: bf16 for bf16 builds, else float32 (fp16 applies to TensorRT plans only)."""
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (x86 AVX512-BF16 / AMX-BF16, Arm BF16): bf16 engines pay off."""
     try:
-        ops._fused_impls("triton")
-    except BackendUnavailableError as exc:
-        return str(exc)
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16", "bf16"))
+
+
+def unavailable_reason(engines: EngineSet, backend: Backend) -> str | None:
+    """None when this torch engine backend can run here (see `lumina_rt.engines`)."""
+    if backend.device == "cuda" and not torch.cuda.is_available():
+        return "no CUDA GPU"
+    if backend.device == "cpu" and engines.precision == "bf16" and not cpu_has_native_bf16():
+        return "the engines are bf16 and this CPU has no native bf16 arithmetic (AVX512-BF16 / AMX)"
+    if backend.kernels in ("triton", "cpu-fused"):
+        try:
+            ops.fused_impls(backend.kernels)
+        except BackendUnavailableError as exc:
+            return str(exc)
     return None
 
 
-def build_model(config: ModelConfig, store: WeightStore, device: str | torch.device = "cpu") -> MultiScaleNextDiT:
-    """The model with its parameters viewing the store's buffer (CPU: no copy)."""
+def build_model(
+    config: ModelConfig, store: WeightStore, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> MultiScaleNextDiT:
+    """The model with its parameters viewing the store's buffer (CPU fp32: no copy)."""
     with torch.device("meta"):
         model = MultiScaleNextDiT(config)
     with warnings.catch_warnings():
@@ -42,16 +70,18 @@ def build_model(config: ModelConfig, store: WeightStore, device: str | torch.dev
     except RuntimeError as exc:
         raise EngineError(f"the weight store {str(store.path)!r} does not fit the manifest's config: {exc}") from None
     model.check_inputs = False
-    return model.to(device).eval()
+    return model.to(device=device, dtype=dtype).eval()
 
 
 class TorchScaleEngine:
-    """One patch size of a shared torch model."""
+    """One patch size of a torch model shared by every scale; fused ops run with `kernels` (lumina_rt.ops)."""
 
-    def __init__(self, combo: str, model: MultiScaleNextDiT, kernel_backend: str = "torch"):
+    def __init__(self, combo: str, model: MultiScaleNextDiT, kernels: str = "torch"):
         self.combo = combo
         self.model = model
-        self.kernel_backend = kernel_backend
+        self.kernels = kernels
+        first = next(model.parameters())
+        self.device, self.dtype = first.device, first.dtype
 
     def run(
         self,
@@ -64,18 +94,23 @@ class TorchScaleEngine:
         motion: torch.Tensor,
         profile_index: int = 0,
     ) -> torch.Tensor:
-        device = next(self.model.parameters()).device
-        args = [x.to(device) for x in (tokens, cos, sin, t, cap_feats, cap_mask, motion)]
-        with ops.use_backend(self.kernel_backend), torch.no_grad():
+        args = [x.to(self.device) for x in (tokens, cos, sin, t, cap_feats, cap_mask, motion)]
+        if self.dtype != torch.float32:  # tokens, caption and timestep in the engine precision; RoPE tables fp32
+            for i in (0, 4):
+                args[i] = args[i].to(self.dtype)
+        with ops.use_backend(self.kernels), torch.no_grad():
             out = self.model.forward_tokens(*args, self.combo)
-        return out.to(tokens.device)
+        return out.to(tokens.device, torch.float32)
 
 
-def load(config: ModelConfig, combos: list[str], store: WeightStore, cuda: bool = False) -> dict[str, TorchScaleEngine]:
-    if cuda:
-        reason = triton_unavailable_reason()
-        if reason:
-            raise BackendUnavailableError(f"backend 'torch-triton' cannot run: {reason}")
-    model = build_model(config, store, "cuda" if cuda else "cpu")
-    backend = "triton" if cuda else "torch"
-    return {combo: TorchScaleEngine(combo, model, backend) for combo in combos}
+def load(engines: EngineSet, backend: Backend, combos: list[str]) -> dict[str, TorchScaleEngine]:
+    """Engines for these combos over one model per device and precision, viewing the shared weight store."""
+    reason = unavailable_reason(engines, backend)
+    if reason:
+        raise BackendUnavailableError(f"backend {backend.name!r} cannot run: {reason}")
+    dtype = engine_dtype(engines.precision)
+    model = engines.shared(
+        f"torch-model-{backend.device}-{engines.precision}",
+        lambda: build_model(engines.config, engines.weights(), backend.device, dtype),
+    )
+    return {combo: TorchScaleEngine(combo, model, backend.kernels or "torch") for combo in combos}

@@ -110,6 +110,17 @@ class WeightStoreWriter:
         return {"tensors": dict(sorted(self.tensors.items())), "params": dict(sorted(self.params.items()))}
 
 
+def write_param_store(state_dict: dict[str, Any], path: str | os.PathLike) -> WeightStoreWriter:
+    """`weights.bin` holding every state-dict parameter once, as is (torch engines; no ONNX graphs point into it)."""
+    writer = WeightStoreWriter(stream_to=path)
+    for name, tensor in state_dict.items():
+        arr = np.ascontiguousarray(tensor.detach().float().cpu().numpy())
+        writer.add(name, arr, content_key(arr))
+        writer.params[name] = {"tensor": name, "transpose": False, "shape": list(arr.shape)}
+    writer.write()
+    return writer
+
+
 class WeightStore:
     """`weights.bin` read once into memory; `array(name)` gives zero-copy numpy views of its tensors."""
 

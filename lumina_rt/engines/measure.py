@@ -1,0 +1,121 @@
+"""Which engine backend is fastest here: timed, per scale, on the engine directory's own served shape.
+
+`lumina-rt build` calls `measure_backends` after writing the engines and records the result in the manifest
+("ranking"); `EngineSet(backend="auto")` then takes, per scale, the first backend of that ranking that can run.
+Each backend that can run here is timed on the largest served shape of each scale (a CFG pair: batch 2 where the
+profile allows it, a 32-token caption): one warm-up call, then `steps` calls, the backends taking turns so that a
+busy moment of the machine hits all of them alike; the median counts. A backend is ranked above `torch` (the
+reference engine) only when it is at least `MARGIN` faster: a tie goes to the reference.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lumina_rt.engines import UNMEASURED_ORDER
+from lumina_rt.errors import BackendUnavailableError
+
+logger = logging.getLogger(__name__)
+
+MARGIN = 0.03
+CAPTION = 32
+
+
+def host() -> dict[str, Any]:
+    """What the timings depend on: CPU model, threads, GPU, torch version."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {"cpu": cpu, "threads": torch.get_num_threads(), "gpu": gpu, "torch": torch.__version__}
+
+
+def _inputs(engines: Any, combo: str, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    prof = engines.profiles[combo]
+    best = max(prof.served, key=lambda s: s["tokens"])
+    batch = 2 if 2 in prof.batch else prof.batch.max
+    caption = min(CAPTION, prof.caption.max)
+    grid = tuple(int(g) for g in best["latent"])
+    cfg = engines.config
+    x = torch.randn(batch, cfg.in_channels, *grid, generator=gen)
+    t = torch.rand(batch, generator=gen)
+    cap = torch.randn(batch, caption, cfg.cap_feat_dim, generator=gen)
+    mask = torch.ones(batch, caption, dtype=torch.int64)
+    motion = torch.full((batch,), 1.0)
+    return x, t, cap, mask, motion
+
+
+def rank(times: dict[str, float]) -> list[dict[str, Any]]:
+    """Backends fastest first; `torch` keeps first place unless another is MARGIN faster."""
+    rows = sorted(({"backend": b, "ms": ms} for b, ms in times.items()), key=lambda r: r["ms"])
+    if "torch" in times and rows[0]["backend"] != "torch" and rows[0]["ms"] > (1 - MARGIN) * times["torch"]:
+        rows.sort(key=lambda r: (r["backend"] != "torch", r["ms"]))
+    return rows
+
+
+def measure_backends(
+    engine_dir: str | os.PathLike,
+    manifest: dict[str, Any],
+    steps: int = 3,
+    backends: list[str] | None = None,
+) -> dict[str, Any]:
+    """Time every engine backend that can run here on each scale; returns the manifest's "ranking" entry."""
+    from lumina_rt.engines.engine_set import EngineSet
+
+    sets: dict[str, EngineSet] = {}
+    skipped: dict[str, str] = {}
+    for name in backends or UNMEASURED_ORDER:
+        try:
+            sets[name] = EngineSet(engine_dir, backend=name, scales=[], verify=False, manifest=manifest)
+        except BackendUnavailableError as exc:
+            skipped[name] = str(exc)
+    gen = torch.Generator().manual_seed(0)
+    scales: dict[str, list[dict[str, Any]]] = {}
+    shapes: dict[str, dict[str, int]] = {}
+    with torch.no_grad():
+        for combo in manifest["scales"]:
+            any_set = next(iter(sets.values()))
+            args = _inputs(any_set, combo, gen)
+            samples: dict[str, list[float]] = {name: [] for name in sets}
+            for rep in range(steps + 1):
+                for name, es in sets.items():
+                    start = time.perf_counter()
+                    es.velocity(*args, combo)
+                    if rep:  # the first call of each backend warms it up
+                        samples[name].append((time.perf_counter() - start) * 1e3)
+            times = {name: statistics.median(v) for name, v in samples.items()}
+            scales[combo] = [{**r, "ms": round(r["ms"], 3)} for r in rank(times)]
+            x, _, cap = args[:3]
+            shapes[combo] = {"batch": int(x.shape[0]), "caption": int(cap.shape[1]), "latent": list(x.shape[2:])}
+            logger.info(
+                "measured scale %s: %s", combo, ", ".join(f"{r['backend']} {r['ms']:.1f} ms" for r in scales[combo])
+            )
+    return {"host": host(), "steps": steps, "shapes": shapes, "scales": scales, "not_measured": skipped}
+
+
+def ranking_lines(ranking: dict[str, Any] | None) -> list[str]:
+    """The measured ranking as lines for a terminal (what `lumina-rt build` prints)."""
+    if not ranking:
+        return ["backend ranking: not measured (auto uses the fixed order " + " > ".join(UNMEASURED_ORDER) + ")"]
+    h = ranking.get("host", {})
+    lines = [f"backend ranking (one step per scale, median of {ranking.get('steps')}; {h.get('cpu')}, "
+             f"{h.get('threads')} threads{', ' + h['gpu'] if h.get('gpu') else ''}):"]  # fmt: skip
+    for combo, rows in ranking.get("scales", {}).items():
+        ms = "  ".join(f"{i + 1}. {r['backend']} {r['ms']:.1f} ms" for i, r in enumerate(rows))
+        lines.append(f"  {combo}: {ms}")
+    for name, why in (ranking.get("not_measured") or {}).items():
+        lines.append(f"  not measured: {name} ({why})")
+    return lines

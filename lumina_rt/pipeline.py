@@ -1,0 +1,340 @@
+"""The generation pipeline: prompts -> caption features -> noise -> sampler (any velocity function) -> decode -> video.
+
+`Pipeline` is the one generation path of the project. It takes a velocity function and never knows what computes
+it: the engines of an engine directory (`Pipeline.from_engines`, what `lumina_rt.Runtime` serves) or the reference
+torch model of a checkpoint (`Pipeline.from_checkpoint`). The same seed, sizes and recipe give the same noise, the
+same guided Euler steps and the same decoding either way.
+
+Components (text encoder, decoder, latent spec, sample presets) come from the directory's `components.json`
+(`lumina_rt.components`), loaded on first use.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lumina_rt import components
+from lumina_rt.components import Decoder, LatentSpec, TextEncoder
+from lumina_rt.errors import InputError, ScheduleError, TextEncoderError
+from lumina_rt.sampling import SAMPLE_PRESETS, Conditioning, SampleConfig, TimeAware, VelocityFn, sample_euler
+
+# check_request(latent grid, scheduled combos, rows per call, caption tokens, the request in the user's words)
+RequestCheck = Callable[[Sequence[int], Sequence[str], int, int, str], None]
+
+
+def make_noise(shape: Sequence[int], seed: int) -> torch.Tensor:
+    """The initial noise of `generate`: float32 normal on CPU from `torch.Generator().manual_seed(seed)`."""
+    gen = torch.Generator().manual_seed(int(seed))
+    return torch.randn(tuple(int(s) for s in shape), generator=gen)
+
+
+@dataclass
+class GenerationResult:
+    """What `generate` returns: latents [B, C, f, h, w]; with a decoder, frames [B, 3, F, H, W] in [0, 1]."""
+
+    latents: torch.Tensor
+    frames: torch.Tensor | None
+    config: SampleConfig
+    seed: int
+    backend: str
+    seconds: float
+    steps: list[str] = field(default_factory=list)  # patch combo of each model evaluation (grid points - 1)
+
+    @property
+    def video(self) -> torch.Tensor:
+        """The decoded frames when there is a decoder, else the latents."""
+        return self.frames if self.frames is not None else self.latents
+
+    def save(self, path: str | os.PathLike, fps: int = 8, scale: int = 1) -> Path:
+        """Write the video (MP4 or GIF by suffix); without a decoder, a preview of the latents' first channels."""
+        from lumina_rt.video import latent_preview, write_video
+
+        video = self.frames if self.frames is not None else latent_preview(self.latents)
+        return write_video(video, path, fps=fps, scale=scale)
+
+
+class Pipeline:
+    """encode -> noise -> sample -> decode around one velocity function (see module docstring)."""
+
+    def __init__(
+        self,
+        velocity: VelocityFn,
+        *,
+        patch_combos: Sequence[str],
+        cap_feat_dim: int,
+        components_dir: str | os.PathLike | None,
+        latent: LatentSpec,
+        presets: dict[str, dict[str, Any]] | None = None,
+        default_preset: str = "",
+        default_size: tuple[int, int, int] | None = None,
+        check_request: RequestCheck | None = None,
+        backend: str = "",
+    ):
+        self.velocity = velocity
+        self.patch_combos = tuple(patch_combos)
+        self.cap_feat_dim = int(cap_feat_dim)
+        self.components_dir = None if components_dir is None else Path(components_dir)
+        self.latent = latent
+        self._presets = {**SAMPLE_PRESETS, **(presets or {})}
+        self.default_preset = default_preset
+        self.default_size = default_size
+        self.check_request = check_request
+        self.backend = backend
+        self._text_encoder: TextEncoder | None = None
+        self._decoder: Decoder | None = None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_engines(cls, engines: Any) -> Pipeline:
+        """Around an `EngineSet`: its velocity, served sizes, request check and the components copied by the build."""
+        served = [s for p in engines.profiles.values() for s in p.served]
+        best = max(served, key=lambda s: s["tokens"]) if served else None
+        return cls(
+            engines.velocity,
+            patch_combos=engines.patch_combos,
+            cap_feat_dim=engines.config.cap_feat_dim,
+            components_dir=engines.engine_dir,
+            latent=components.latent_spec(engines.engine_dir, engines.config.in_channels),
+            presets=engines.manifest.get("sample_presets") or {},
+            default_preset=str(engines.manifest.get("default_sample_preset") or ""),
+            default_size=None if best is None else (int(best["frames"]), int(best["height"]), int(best["width"])),
+            check_request=engines.check_request,
+            backend=engines.backend_name,
+        )
+
+    @classmethod
+    def from_checkpoint(cls, directory: str | os.PathLike, default_preset: str | None = None) -> Pipeline:
+        """Around the reference torch model of a checkpoint directory (no engines): `model.velocity`."""
+        from lumina_rt.checkpoint import load_model
+
+        model = load_model(directory)
+        presets = components.read_components(directory).get("sampling") or {}
+        return cls(
+            model.velocity,
+            patch_combos=model.config.patch_combos,
+            cap_feat_dim=model.config.cap_feat_dim,
+            components_dir=directory,
+            latent=components.latent_spec(directory, model.config.in_channels),
+            presets=presets,
+            default_preset=default_preset if default_preset is not None else next(iter(presets), ""),
+            backend="reference",
+        )
+
+    # ------------------------------------------------------------------ components
+    def text_encoder(self) -> TextEncoder:
+        if self._text_encoder is None:
+            encoder = None if self.components_dir is None else components.load_text_encoder(self.components_dir)
+            if encoder is None:
+                raise TextEncoderError(
+                    f"{str(self.components_dir)!r} has no text encoder (components.json names none): pass caption "
+                    "features (cap_feats / cap_mask) instead of a prompt"
+                )
+            self._text_encoder = encoder
+        return self._text_encoder
+
+    def decoder(self) -> Decoder | None:
+        if self._decoder is None and self.components_dir is not None:
+            self._decoder = components.load_decoder(self.components_dir)
+        return self._decoder
+
+    def encode(self, prompts: list[str]) -> Conditioning:
+        feats, mask = self.text_encoder().encode(prompts)
+        if feats.shape[-1] != self.cap_feat_dim:
+            raise TextEncoderError(
+                f"the text encoder gives {feats.shape[-1]}-wide features, the model takes {self.cap_feat_dim}"
+            )
+        return Conditioning(feats.float(), mask.to(torch.int64))
+
+    @staticmethod
+    def _features(feats: torch.Tensor, mask: torch.Tensor | None, what: str) -> Conditioning:
+        feats = feats[None] if feats.dim() == 2 else feats
+        if feats.dim() != 3:
+            raise InputError(f"{what} must be [L, D] or [B, L, D], got shape {tuple(feats.shape)}")
+        if mask is None:
+            mask = torch.ones(feats.shape[:2], dtype=torch.int64)
+        mask = mask[None] if mask.dim() == 1 else mask
+        return Conditioning(feats.float(), mask.to(torch.int64))
+
+    # ------------------------------------------------------------------ recipes and sizes
+    def presets(self) -> dict[str, dict[str, Any]]:
+        """Released sample presets plus those the checkpoint's components declare."""
+        return dict(self._presets)
+
+    def sample_config(
+        self,
+        preset: str | dict[str, Any] | None = None,
+        steps: int | None = None,
+        schedule: TimeAware | None = None,
+        cfg: TimeAware | None = None,
+        motion: TimeAware | None = None,
+        neg_motion: TimeAware | None = None,
+        time_shift: float | None = None,
+        renorm: float | None = None,
+    ) -> SampleConfig:
+        """A preset (a name, default the pipeline's, or a recipe dict) with overrides, checked against the scales."""
+        name = preset if preset is not None else self.default_preset
+        if isinstance(name, dict):
+            base, name = dict(name), str(name.get("name", "custom"))
+        elif name not in self._presets:
+            if preset is None and schedule is not None:
+                base: dict[str, Any] = {}
+            else:
+                raise ScheduleError(f"unknown sample preset {name!r}; known presets: {sorted(self._presets)}")
+        else:
+            base = dict(self._presets[name])
+        base["name"] = name or "custom"
+        for key, value in (
+            ("step", steps),
+            ("P", schedule),
+            ("cfg", cfg),
+            ("motion", motion),
+            ("negMotion", neg_motion),
+            ("ts", time_shift),
+            ("renorm", renorm),
+        ):
+            if value is not None:
+                base[key] = value
+        config = SampleConfig.from_dict(base)
+        config.validate(self.patch_combos)
+        return config
+
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
+        """(f, h, w) of the latent for a video of frames x height x width pixels (the latent spec)."""
+        return self.latent.latent_shape(frames, height, width)
+
+    def noise(self, batch: int, frames: int, height: int, width: int, seed: int) -> torch.Tensor:
+        """The initial noise `generate` uses for these sizes and seed (reproducible with `make_noise`)."""
+        return make_noise((batch, self.latent.channels, *self.latent_shape(frames, height, width)), seed)
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: str | Sequence[str] | None = None,
+        *,
+        negative_prompt: str | Sequence[str] = "",
+        cap_feats: torch.Tensor | None = None,
+        cap_mask: torch.Tensor | None = None,
+        neg_cap_feats: torch.Tensor | None = None,
+        neg_cap_mask: torch.Tensor | None = None,
+        frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        steps: int | None = None,
+        preset: str | dict[str, Any] | None = None,
+        schedule: TimeAware | None = None,
+        cfg: TimeAware | None = None,
+        motion: TimeAware | None = None,
+        neg_motion: TimeAware | None = None,
+        item_motion: Sequence[float] | None = None,
+        time_shift: float | None = None,
+        renorm: float | None = None,
+        seed: int = 0,
+        noise: torch.Tensor | None = None,
+        progress: bool = True,
+        decode: bool = True,
+    ) -> GenerationResult:
+        """Sample videos: a prompt (or caption features), sizes in pixels, a preset (name or recipe dict with the
+        released keys P / step / ts / renorm / cfg / motion / negMotion) or an explicit schedule.
+
+        `schedule` is a time-aware patch combo (`"1x2"` or `["2x4", [0.1, "2x2"], [0.3, "1x2"]]`); `cfg`, `motion`,
+        `neg_motion` are time-aware too; `item_motion` gives one motion score per prompt instead (the schedule's
+        unconditioned spans stay unconditioned). Guidance (cfg > 0) runs the negative condition (`negative_prompt`,
+        default "", or `neg_cap_feats`) in the same batch. Sizes default to the largest served shape.
+        """
+        start = time.perf_counter()
+        config = self.sample_config(preset, steps, schedule, cfg, motion, neg_motion, time_shift, renorm)
+        if cap_feats is not None:
+            if prompt is not None:
+                raise InputError("pass either a prompt or caption features (cap_feats), not both")
+            pos = self._features(cap_feats, cap_mask, "cap_feats")
+        elif prompt is not None:
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            if not prompts:
+                raise InputError("prompt is an empty list")
+            pos = self.encode(prompts)
+        else:
+            raise InputError("generate needs a prompt or caption features (cap_feats)")
+        batch = pos.cap_feats.shape[0]
+        if pos.cap_feats.shape[-1] != self.cap_feat_dim:
+            raise InputError(f"cap_feats are {pos.cap_feats.shape[-1]} wide, the model takes {self.cap_feat_dim}")
+        per_item = None
+        if item_motion is not None:
+            if len(item_motion) != batch:
+                raise InputError(f"{len(item_motion)} motion scores (item_motion) for {batch} prompts")
+            per_item = torch.tensor([float(m) for m in item_motion], dtype=torch.float32)
+
+        neg = None
+        if config.guided:
+            if neg_cap_feats is not None:
+                neg = self._features(neg_cap_feats, neg_cap_mask, "neg_cap_feats")
+            else:
+                negs = [negative_prompt] * batch if isinstance(negative_prompt, str) else list(negative_prompt)
+                try:
+                    neg = self.encode(negs)
+                except TextEncoderError as exc:
+                    raise InputError(
+                        f"guidance (cfg > 0) needs a negative condition: pass neg_cap_feats, or cfg=0 ({exc})"
+                    ) from None
+            if neg.cap_feats.shape[0] != batch:
+                raise InputError(f"{neg.cap_feats.shape[0]} negative conditions for {batch} prompts")
+
+        if noise is None:
+            if None in (frames, height, width) and self.default_size is None:
+                raise InputError("give frames, height and width: there is no served shape to default to")
+            f_def, h_def, w_def = self.default_size or (0, 0, 0)
+            frames, height, width = frames or f_def, height or h_def, width or w_def
+            grid = self.latent_shape(frames, height, width)
+            asked = f"{batch} prompt{'s' * (batch > 1)}, {frames}x{height}x{width} (frames x height x width)"
+            z = make_noise((batch, self.latent.channels, *grid), seed)
+        else:
+            z = noise.float()
+            if z.dim() != 5 or z.shape[0] != batch or z.shape[1] != self.latent.channels:
+                raise InputError(f"noise must be [{batch}, {self.latent.channels}, f, h, w], got {tuple(z.shape)}")
+            grid = tuple(z.shape[2:])
+            asked = f"{batch} prompt{'s' * (batch > 1)}, latent noise {tuple(z.shape)}"
+        if self.check_request is not None:
+            caption = max(pos.cap_feats.shape[1], 0 if neg is None else neg.cap_feats.shape[1])
+            rows = batch * (2 if config.guided else 1)
+            self.check_request(grid, config.combos(), rows, int(caption), asked + (" with guidance" if neg else ""))
+
+        used: list[str] = []
+        latents = sample_euler(
+            self.velocity,
+            z,
+            pos,
+            neg,
+            config,
+            progress=progress,
+            callback=lambda k, t, combo: used.append(combo),
+            patch_combos=self.patch_combos,
+            item_motion=per_item,
+        )
+        video = None
+        if decode:
+            decoder = self.decoder()
+            if decoder is not None:
+                video = decoder.decode(latents / self.latent.scale)
+        return GenerationResult(
+            latents=latents,
+            frames=video,
+            config=config,
+            seed=int(seed),
+            backend=self.backend,
+            seconds=time.perf_counter() - start,
+            steps=used,
+        )
+
+
+@functools.lru_cache(maxsize=4)
+def reference_pipeline(directory: str) -> Pipeline:
+    """`Pipeline.from_checkpoint` of a resolved directory path, kept for repeated calls (evaluation loops)."""
+    return Pipeline.from_checkpoint(directory)

@@ -26,7 +26,6 @@ import copy
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from pathlib import Path
@@ -41,6 +40,7 @@ from lumina_rt.checkpoint import NATIVE_WEIGHTS, save_native
 from lumina_rt.cli import register
 from lumina_rt.config import ModelConfig
 from lumina_rt.errors import CheckpointError, ConfigError
+from lumina_rt.files import atomic_path, atomic_write
 from lumina_rt.model import MultiScaleNextDiT
 from lumina_rt.sampling import pad_caption_tokens
 
@@ -209,27 +209,18 @@ def drop_conditions(
 # ------------------------------------------------------------------------------------------------
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def save_checkpoint(out: Path, step: int, model, opt, ema: dict[str, torch.Tensor] | None, extra: dict) -> Path:
     """Write checkpoints/step-N (native layout + optimizer + EMA + trainer state) atomically, then `latest`."""
     root = out / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:07d}"
-    tmp = root / f".step-{step:07d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_native(tmp, model.config, model.state_dict())
-    torch.save(opt.state_dict(), tmp / "optimizer.pt")
-    if ema is not None:
-        save_file({k: v.contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
-    (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **extra}, indent=1))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    _atomic_text(root / "latest", final.name)
+    with atomic_path(final, directory=True) as tmp:
+        save_native(tmp, model.config, model.state_dict())
+        torch.save(opt.state_dict(), tmp / "optimizer.pt")
+        if ema is not None:
+            save_file({k: v.contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **extra}, indent=1))
+    atomic_write(root / "latest", final.name)
     return final
 
 

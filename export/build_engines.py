@@ -52,12 +52,11 @@ from lumina_rt.export.profiles import (  # noqa: E402
     parse_resolutions,
 )
 from lumina_rt.sampling import SAMPLE_PRESETS, SampleConfig  # noqa: E402
+from lumina_rt.tolerances import PRECISIONS, TOLERANCE  # noqa: E402
 
 logger = logging.getLogger("lumina_rt.build")
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime")
-PRECISIONS = ("fp32", "fp16", "bf16")
-TOLERANCE = 1e-5
 TIMING_CACHE = "timing.cache"
 
 

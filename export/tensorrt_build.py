@@ -20,10 +20,10 @@ from typing import Any
 from lumina_rt.engines.tensorrt_engine import require_tensorrt, trt_logger
 from lumina_rt.errors import ConfigError, EngineError
 from lumina_rt.files import atomic_write
+from lumina_rt.tolerances import PRECISIONS
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "bf16")
 # Bump when the builder settings below change: part of the engine cache key.
 BUILD_FORMAT = 1
 

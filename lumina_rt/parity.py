@@ -20,10 +20,9 @@ from safetensors import safe_open
 from lumina_rt.config import ModelConfig, parse_patch_combo
 from lumina_rt.errors import InputError
 from lumina_rt.sampling import Conditioning, SampleConfig, guided_velocity, sample_euler
+from lumina_rt.tolerances import TOLERANCE, rel_err
 
 logger = logging.getLogger(__name__)
-
-TOLERANCE = 1e-5
 
 
 class Evaluator(Protocol):
@@ -92,15 +91,6 @@ def load_fixture(path: str | Path) -> Fixture:
             raise InputError(f"{str(path)!r} has no 'lumina_fixture' metadata; is it a parity fixture?")
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     return Fixture(path, json.loads(meta_text), tensors)
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    out, ref = out.double(), ref.double()
-    if out.shape != ref.shape:
-        return float("inf")
-    denom = ref.norm()
-    diff = (out - ref).norm()
-    return float(diff / denom) if denom > 0 else float(diff)
 
 
 def _inputs(fx: Fixture, case: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -21,9 +21,10 @@ from lumina_rt.errors import BackendUnavailableError, EngineError, InputError, S
 from lumina_rt.export.build_engines import build
 from lumina_rt.export.profiles import ServeShapes
 from lumina_rt.model import MultiScaleNextDiT
-from lumina_rt.parity import load_fixture, rel_err, run_parity
+from lumina_rt.parity import load_fixture, run_parity
 from lumina_rt.runtime import Runtime, make_noise
 from lumina_rt.sampling import Conditioning, sample_euler
+from lumina_rt.tolerances import rel_err
 from tests._engine_fixtures import engines, fixture_path
 from tests._fixture_gen import EXTRA_CONFIGS
 

@@ -42,7 +42,7 @@ from lumina_rt.config import ModelConfig
 from lumina_rt.errors import CheckpointError, ConfigError
 from lumina_rt.files import atomic_path, atomic_write
 from lumina_rt.model import MultiScaleNextDiT
-from lumina_rt.sampling import pad_caption_tokens
+from lumina_rt.sampling import pad_caption_tokens, shift_time
 
 logger = logging.getLogger(__name__)
 
@@ -162,11 +162,6 @@ def finest_combo(model_cfg: ModelConfig) -> str:
 # ------------------------------------------------------------------------------------------------
 # Loss and time sampling
 # ------------------------------------------------------------------------------------------------
-
-
-def shift_time(t: torch.Tensor, shift: float) -> torch.Tensor:
-    """The sampler's time shift t' = t / (t + s - s t) (s > 1 moves times toward noise, t = 0)."""
-    return t / (t + shift - shift * t)
 
 
 def sample_times(n: int, shift: float, mode: str, gen: torch.Generator) -> torch.Tensor:

@@ -346,20 +346,3 @@ def generate_reference(
 
     latents = sample_euler(velocity, z, pos, neg, config, progress=progress)
     return decoder.decode(latents / spec.scale)
-
-
-def save_video(frames: torch.Tensor, path: str | Path, fps: int = 8, upscale: int = 4) -> Path:
-    """Write frames [3, F, H, W] in [0, 1] as .gif or .mp4 (nearest-neighbour upscaled for viewing)."""
-    import imageio.v2 as imageio
-    import numpy as np
-
-    path = Path(path)
-    arr = (frames.clamp(0, 1).permute(1, 2, 3, 0).cpu().numpy() * 255).round().astype(np.uint8)
-    if upscale > 1:
-        arr = arr.repeat(upscale, axis=1).repeat(upscale, axis=2)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".gif":
-        imageio.mimsave(path, list(arr), duration=1.0 / fps, loop=0)
-    else:
-        imageio.mimsave(path, list(arr), fps=fps, macro_block_size=1)
-    return path

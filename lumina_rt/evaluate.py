@@ -141,7 +141,8 @@ def evaluate_model(
     batch: int = 36,
 ) -> dict[str, Any]:
     """Generate the held-out prompts with each schedule and score them; returns the report dict."""
-    from lumina_rt.builtin_parts import builtin_dir, generate_reference, sample_presets, save_video
+    from lumina_rt.builtin_parts import builtin_dir, generate_reference, sample_presets
+    from lumina_rt.video import write_video
 
     directory = Path(builtin_dir() if directory is None else directory)
     prompts = eval_prompts()
@@ -182,7 +183,8 @@ def evaluate_model(
         report["schedules"][name] = result
         if save_videos is not None:
             for k, (video, p) in enumerate(zip(all_videos[:12], metas[:12])):
-                save_video(video, Path(save_videos) / name / f"{k:02d}_{p.prompt.replace(' ', '_')[:60]}.gif")
+                path = Path(save_videos) / name / f"{k:02d}_{p.prompt.replace(' ', '_')[:60]}.gif"
+                write_video(video, path, scale=4)
         logger.info(
             "%s: colour %.1f%%  direction %.1f%%  spearman %.3f  (%.0fs)",
             name,
@@ -252,7 +254,8 @@ def _add_reference_generate(p: argparse.ArgumentParser):
     p.add_argument("--seed", type=int, default=0)
 
     def run(args: argparse.Namespace) -> int:
-        from lumina_rt.builtin_parts import generate_reference, save_video
+        from lumina_rt.builtin_parts import generate_reference
+        from lumina_rt.video import write_video
 
         torch.set_num_threads(2)
         t0 = time.time()
@@ -265,7 +268,7 @@ def _add_reference_generate(p: argparse.ArgumentParser):
             seed=args.seed,
             directory=args.model,
         )
-        path = save_video(video[0], args.out)
+        path = write_video(video[0], args.out, scale=4)
         print(f"wrote {path} ({video.shape[2]} frames, {video.shape[3]}x{video.shape[4]}) in {time.time() - t0:.1f} s")
         return 0
 

@@ -473,14 +473,14 @@ def _make_data_cmd(p: argparse.ArgumentParser):
     p.add_argument("--frames", type=int, default=8)
 
     def run(args: argparse.Namespace) -> int:
-        from lumina_rt.builtin_parts import save_video
         from lumina_rt.data import SyntheticDataset
+        from lumina_rt.video import write_video
 
         batch = SyntheticDataset(args.seed).video_batch(0, args.n, args.size, args.frames)
         out = Path(args.out)
         rows = []
         for i in range(args.n):
-            save_video((batch.x[i] + 1) / 2, out / f"clip{i:03d}.gif")
+            write_video((batch.x[i] + 1) / 2, out / f"clip{i:03d}.gif", scale=4)
             rows.append(
                 {
                     "file": f"clip{i:03d}.gif",

@@ -23,7 +23,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from lumina_rt.config import PRESETS, RELEASED_CONSTRUCTORS, ModelConfig
+from lumina_rt.config import MODEL_SIZES, RELEASED_CONSTRUCTORS, ModelConfig
 from lumina_rt.errors import CheckpointError, UnsafeCheckpointError
 from lumina_rt.files import atomic_path, atomic_write
 from lumina_rt.model import MultiScaleNextDiT
@@ -205,8 +205,8 @@ def load_model(
 
 
 def build_model(spec: str | os.PathLike, device: str | torch.device = "cpu") -> MultiScaleNextDiT:
-    """A checkpoint directory, or a preset name with random weights."""
-    if isinstance(spec, str) and spec in PRESETS and not Path(spec).is_dir():
+    """A checkpoint directory, or a model size name with random weights."""
+    if isinstance(spec, str) and spec in MODEL_SIZES and not Path(spec).is_dir():
         with torch.device(device):
             return MultiScaleNextDiT(ModelConfig.from_name(spec)).eval()
     return load_model(spec, device)

@@ -92,18 +92,18 @@ def _parity(p: argparse.ArgumentParser):
 # ------------------------------------------------------------------------------------------------
 
 
-@register("inspect", "print a preset's or checkpoint's config, parameter count and keys (no weights allocated)")
+@register("inspect", "print a model size's or checkpoint's config, parameter count and keys (no weights allocated)")
 def _inspect(p: argparse.ArgumentParser):
-    from lumina_rt.config import PRESETS
+    from lumina_rt.config import MODEL_SIZES
 
-    p.add_argument("target", help=f"a preset ({', '.join(sorted(PRESETS))}) or a checkpoint directory")
+    p.add_argument("target", help=f"a model size ({', '.join(sorted(MODEL_SIZES))}) or a checkpoint directory")
     p.add_argument("--keys", action="store_true", help="list every state-dict key and shape")
     p.add_argument("--json", action="store_true", help="print JSON")
 
     def run(args: argparse.Namespace) -> int:
-        from lumina_rt.inspect import inspect_target
+        from lumina_rt.describe import describe_target
 
-        info = inspect_target(args.target)
+        info = describe_target(args.target)
         if not args.keys:
             info.pop("state_dict")
         if args.json:

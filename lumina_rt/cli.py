@@ -50,7 +50,7 @@ def _parity(p: argparse.ArgumentParser):
 
         from lumina_rt import ops
         from lumina_rt.model import MultiScaleNextDiT
-        from lumina_rt.parity import ModelEvaluator, load_fixture, results_to_json, run_parity
+        from lumina_rt.parity import ModelParityTarget, load_fixture, results_to_json, run_parity
 
         fixture = load_fixture(args.fixture)
         if args.engine_dir is not None:
@@ -64,7 +64,7 @@ def _parity(p: argparse.ArgumentParser):
             ops.set_backend(args.backend)
             model = MultiScaleNextDiT(fixture.config).eval()
             model.load_state_dict(fixture.state_dict, strict=True)
-            evaluator = ModelEvaluator(model)
+            evaluator = ModelParityTarget(model)
             label = args.backend
 
         def show(r):

@@ -30,7 +30,14 @@ if Pybind11Extension is not None and sources and os.environ.get("LUMINA_RT_NO_CP
     cmdclass["build_ext"] = build_ext
 
 setup(
-    packages=["lumina_rt", "lumina_rt.kernels", "lumina_rt.export"],
+    packages=[
+        "lumina_rt",
+        "lumina_rt.cli",
+        "lumina_rt.data",
+        "lumina_rt.engines",
+        "lumina_rt.kernels",
+        "lumina_rt.export",
+    ],
     package_dir={"lumina_rt": "lumina_rt", "lumina_rt.kernels": "kernels", "lumina_rt.export": "export"},
     package_data={"lumina_rt": ["builtin/*"]},
     ext_modules=ext_modules,

@@ -10,13 +10,14 @@ Registered in `lumina_rt.components` (imported automatically from there):
   12 whitened components), latents [12, F, H/4, W/4]; ``"pixels"`` (components.py) also works for pixel models.
 
 `builtin_dir()` is the shipped model's folder; `generate_reference(...)` samples it with the reference torch
-model and sampler, without the engine runtime.
+model and sampler, without the engine runtime; `builtin_engines()` builds (once) and returns its engines.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,24 @@ def builtin_presets() -> dict[str, dict[str, Any]]:
 def builtin_dir() -> Path:
     """Folder of the shipped built-in model (config.json, model.safetensors, components.json, ...)."""
     return Path(__file__).resolve().parent / "builtin"
+
+
+# Shapes the built-in model's engines serve, and the size `lumina-rt generate --builtin` makes without sizes.
+BUILTIN_SHAPES = dict(resolutions=((32, 32), (64, 64)), frames=(1, 8, 16))
+BUILTIN_DEFAULT_SIZE = (8, 32, 32)  # frames, height, width
+
+
+def builtin_engines() -> Path:
+    """Engines of the built-in model, built on first use into the cache (LUMINA_RT_CACHE, ~/.cache/lumina_rt)."""
+    from lumina_rt.export.build_engines import build
+    from lumina_rt.export.profiles import ServeShapes
+
+    cache = Path(os.environ.get("LUMINA_RT_CACHE", Path.home() / ".cache" / "lumina_rt"))
+    out = cache / "engines" / "builtin"
+    report = build(builtin_dir(), out, backend="auto", shapes=ServeShapes(**BUILTIN_SHAPES))
+    if report.changed:
+        print(f"built the built-in model's engines in {out} ({report.seconds:.0f} s)")
+    return out
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Reference trainer: flow matching with the Lumina-Video recipe, and the `lumina-rt train` subcommand.
+"""Reference trainer: flow matching with the Lumina-Video recipe (`lumina-rt train`: lumina_rt/cli/train.py).
 
 Recipe (see docs/training.md):
 
@@ -21,7 +21,6 @@ with exactly the weights of an uninterrupted one.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import logging
@@ -37,7 +36,6 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from lumina_rt.checkpoint import NATIVE_WEIGHTS, save_native
-from lumina_rt.cli import register
 from lumina_rt.config import ModelConfig
 from lumina_rt.errors import CheckpointError, ConfigError
 from lumina_rt.files import atomic_path, atomic_write
@@ -434,63 +432,3 @@ def train(
         result["export"] = export
         logger.info("exported %s weights to %s", "EMA" if ema is not None else "final", export)
     return result
-
-
-# ------------------------------------------------------------------------------------------------
-# CLI
-# ------------------------------------------------------------------------------------------------
-
-
-@register("train", "train a Multi-scale Next-DiT on the synthetic multi-source data (config: JSON or TOML)")
-def _train_cmd(p: argparse.ArgumentParser):
-    p.add_argument("config", help="training config, e.g. configs/builtin.json")
-    p.add_argument("--out", default=None, help="run directory (checkpoints, log); default: the config's 'output'")
-    p.add_argument("--export", default=None, help="write the final model here (default: the config's 'export')")
-    p.add_argument("--no-resume", action="store_true", help="start from scratch even if the run has checkpoints")
-    p.add_argument("--stop-after", type=int, default=None, help="stop after this many total steps (resumable)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: the config's)")
-
-    def run(args: argparse.Namespace) -> int:
-        t0 = time.time()
-        res = train(
-            args.config, args.out, not args.no_resume, args.stop_after, args.export, not args.no_progress, args.threads
-        )
-        print(f"trained to step {res['step']} in {time.time() - t0:.0f} s; run dir {res['out']}", flush=True)
-        if res["export"]:
-            print(f"model written to {res['export']}")
-        return 0
-
-    return run
-
-
-@register("make-data", "write sample clips of the synthetic multi-source data (GIFs + captions.json)")
-def _make_data_cmd(p: argparse.ArgumentParser):
-    p.add_argument("out", help="output folder")
-    p.add_argument("-n", type=int, default=8, help="number of clips")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=32)
-    p.add_argument("--frames", type=int, default=8)
-
-    def run(args: argparse.Namespace) -> int:
-        from lumina_rt.data import SyntheticDataset
-        from lumina_rt.video import write_video
-
-        batch = SyntheticDataset(args.seed).video_batch(0, args.n, args.size, args.frames)
-        out = Path(args.out)
-        rows = []
-        for i in range(args.n):
-            write_video((batch.x[i] + 1) / 2, out / f"clip{i:03d}.gif", scale=4)
-            rows.append(
-                {
-                    "file": f"clip{i:03d}.gif",
-                    "caption": batch.captions[i],
-                    "source": batch.sources[i],
-                    "motion_score": round(float(batch.motion[i]), 4),
-                }
-            )
-        (out / "captions.json").write_text(json.dumps(rows, indent=1))
-        print(f"wrote {args.n} clips to {out}")
-        return 0
-
-    return run

@@ -29,8 +29,7 @@ from tests._engine_fixtures import engines, fixture_path
 from tests._fixture_gen import EXTRA_CONFIGS
 
 REPO = Path(__file__).resolve().parents[1]
-# `python -m lumina_rt.cli` runs cli.py as __main__, whose registry misses subcommands added by other modules.
-CLI = [sys.executable, "-c", "import sys; from lumina_rt.cli import main; sys.exit(main(sys.argv[1:]))"]
+CLI = [sys.executable, "-m", "lumina_rt"]
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +47,7 @@ def public():
 def test_parity_command_with_engine_dir(public):
     _, _, eng, _ = public
     res = subprocess.run(
-        [sys.executable, "-m", "lumina_rt.cli", "parity", str(fixture_path("public")), "--engine-dir", str(eng),
+        [*CLI, "parity", str(fixture_path("public")), "--engine-dir", str(eng),
          "--json"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip

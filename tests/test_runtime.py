@@ -248,6 +248,7 @@ def test_generate_command_writes_a_video(public, tmp_path):
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert f"wrote {out}" in res.stdout and "latent preview" in res.stdout and out.is_file()
+    assert "3-point time grid, 2 model evaluations" in res.stdout
 
 
 # ------------------------------------------------------------------------------------------------ typed errors

@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     path = result.save(args.out, fps=args.fps, scale=args.scale)
     kind = "frames" if result.frames is not None else "latent preview (no decoder in the engine directory)"
     print(
-        f"wrote {path} ({kind}, {tuple(result.latents.shape)} latents, {len(result.steps)} steps, "
-        f"backend {result.backend}, {result.seconds:.1f} s)"
+        f"wrote {path} ({kind}, {tuple(result.latents.shape)} latents, {result.config.step}-point time grid, "
+        f"{len(result.steps)} model evaluations, backend {result.backend}, {result.seconds:.1f} s)"
     )
     return 0

@@ -3,7 +3,8 @@
 Registered in `lumina_rt.components` (imported automatically from there):
 
 - text encoder kind ``"lumina-tiny-text"``: a fixed vocabulary (``vocab`` file, one word a line) and a fixed
-  embedding table (``weights`` safetensors, key ``embedding`` [V, D]); unknown words map to ``<unk>``.
+  embedding table (``weights`` safetensors, key ``embedding`` [V, D]); unknown words map to ``<unk>`` with one
+  logged warning per `encode` call naming them (``strict=True``: a TextEncoderError instead).
   A prompt is encoded as ``<system prompt> <sep> <prompt>``; the system prompt defaults to the spec's
   ``system_prompt`` (the ``toon`` source), so an empty prompt gives the caption-dropout (negative) condition.
 - decoder kind ``"lumina-tiny-pca"``: a small linear autoencoder fitted here (PCA of 4 x 4 pixel blocks,
@@ -142,22 +143,39 @@ class TinyTextEncoder:
             system_prompt=self.system_prompt,
         )
 
-    def token_ids(self, prompt: str, system_prompt: str | None = None) -> list[int]:
+    def words(self, prompt: str, system_prompt: str | None = None) -> list[str]:
+        """The words a prompt is encoded from: `<system prompt> <sep> <prompt>`."""
         from lumina_rt.data.captions import tokenize
 
         system = self.system_prompt if system_prompt is None else system_prompt
-        words = [*tokenize(system), "<sep>", *tokenize(prompt)]
+        return [*tokenize(system), "<sep>", *tokenize(prompt)]
+
+    def token_ids(self, prompt: str, system_prompt: str | None = None) -> list[int]:
         unk = self.index["<unk>"]
-        return [self.index.get(w, unk) for w in words]
+        return [self.index.get(w, unk) for w in self.words(prompt, system_prompt)]
+
+    def unknown_words(self, prompts: Sequence[str], system_prompts: Sequence[str | None] | None = None) -> list[str]:
+        """Words of the prompts outside the vocabulary (each once, in order of appearance)."""
+        systems = list(system_prompts) if system_prompts is not None else [None] * len(prompts)
+        seen = [w for p, s in zip(prompts, systems) for w in self.words(p, s) if w not in self.index]
+        return list(dict.fromkeys(seen))
 
     def encode(
-        self, prompts: list[str], system_prompts: Sequence[str | None] | None = None
+        self, prompts: list[str], system_prompts: Sequence[str | None] | None = None, strict: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cap_feats [B, L, D], cap_mask [B, L]). Unknown words become `<unk>` with one warning naming them;
+        with `strict`, they raise TextEncoderError instead."""
         if isinstance(prompts, str):
             raise InputError("encode takes a list of prompts, got a single string")
         systems = list(system_prompts) if system_prompts is not None else [None] * len(prompts)
         if len(systems) != len(prompts):
             raise InputError(f"{len(systems)} system prompts for {len(prompts)} prompts")
+        unknown = self.unknown_words(prompts, systems)
+        if unknown:
+            what = f"{len(unknown)} word(s) outside the text encoder's {len(self.vocab)}-word vocabulary: {unknown}"
+            if strict:
+                raise TextEncoderError(what)
+            logger.warning("%s; they are encoded as <unk>, which means nothing to the model", what)
         ids = [self.token_ids(p, s) for p, s in zip(prompts, systems)]
         length = max(len(i) for i in ids)
         tok = torch.zeros(len(ids), length, dtype=torch.long)

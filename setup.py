@@ -31,7 +31,12 @@ if Pybind11Extension is not None and sources and os.environ.get("LUMINA_RT_NO_CP
 
 # lumina_rt and its subpackages, plus the top-level kernels/ and export/ folders installed as lumina_rt.kernels and
 # lumina_rt.export (the repository keeps them at the top; the installed package holds them inside lumina_rt).
-packages = ["lumina_rt", *(f"lumina_rt.{p}" for p in find_packages("lumina_rt")), "lumina_rt.kernels", "lumina_rt.export"]
+packages = [
+    "lumina_rt",
+    *(f"lumina_rt.{p}" for p in find_packages("lumina_rt")),
+    "lumina_rt.kernels",
+    "lumina_rt.export",
+]
 
 setup(
     packages=packages,

@@ -61,7 +61,7 @@ def check_parity(report: dict) -> bool:
 
     from lumina_rt import ops
     from lumina_rt.model import MultiScaleNextDiT
-    from lumina_rt.parity import ModelEvaluator, load_fixture, run_parity
+    from lumina_rt.parity import ModelParityTarget, load_fixture, run_parity
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -79,7 +79,7 @@ def check_parity(report: dict) -> bool:
     report["parity"] = {}
     for backend in ("torch", "triton"):
         with ops.use_backend(backend):
-            results = run_parity(fx, ModelEvaluator(model))
+            results = run_parity(fx, ModelParityTarget(model))
         worst = max(r.rel_err for r in results)
         passed = all(r.passed for r in results)
         ok &= passed

@@ -23,17 +23,17 @@ from lumina_rt.flops import forward_flops, token_count, weight_bytes
 from lumina_rt.model import MultiScaleNextDiT
 from lumina_rt.sampling import Conditioning, SampleConfig, sample_euler
 
-PRESET = "small"
+MODEL_SIZE = "small"
 LATENT = (4, 16, 32, 32)  # C, F, H, W: 16 latent frames as released; 4096 tokens at 1x2
 CAP_LEN = 32
 E2E_STEPS = 12
-SIZES = f"{PRESET} preset, latent {'x'.join(map(str, LATENT))}, {CAP_LEN} caption tokens"
+SIZES = f"{MODEL_SIZE} model size, latent {'x'.join(map(str, LATENT))}, {CAP_LEN} caption tokens"
 
 
 @functools.cache
 def _model(dtype: torch.dtype = torch.float32) -> MultiScaleNextDiT:
     torch.manual_seed(0)
-    model = MultiScaleNextDiT(ModelConfig.from_name(PRESET)).eval()
+    model = MultiScaleNextDiT(ModelConfig.from_name(MODEL_SIZE)).eval()
     with torch.no_grad():  # non-zero gates / modulation so every branch does real work
         for name, p in model.named_parameters():
             if any(s in name for s in ("adaLN", "gate", "final_layer")):

@@ -56,13 +56,12 @@ from lumina_rt.engines.profiles import (
 from lumina_rt.engines.weights import WEIGHTS_FILE, write_param_store
 from lumina_rt.errors import BackendUnavailableError, ConfigError, EngineError
 from lumina_rt.sampling import SAMPLE_PRESETS, SampleConfig
+from lumina_rt.tolerances import PRECISIONS, TOLERANCE
 
 logger = logging.getLogger("lumina_rt.build")
 
 TARGETS = ("auto", "tensorrt", "onnx", "torch")
-PRECISIONS = ("fp32", "fp16", "bf16")
 TARGET_PRECISIONS = {"torch": ("fp32", "bf16"), "onnx": ("fp32",), "tensorrt": PRECISIONS}
-TOLERANCE = 1e-5
 TIMING_CACHE = "timing.cache"
 
 

@@ -40,6 +40,7 @@ from lumina_rt.engines.profiles import token_features
 from lumina_rt.engines.weights import WEIGHTS_FILE, WeightStoreWriter, content_key
 from lumina_rt.errors import EngineError
 from lumina_rt.model import MultiScaleNextDiT, rope_tables
+from lumina_rt.tolerances import rel_err
 
 logger = logging.getLogger(__name__)
 
@@ -283,15 +284,6 @@ def check_graph(graph: onnx.ModelProto | str | os.PathLike, combo: str, for_tens
         raise EngineError(f"graph of scale {combo} uses operators TensorRT's ONNX parser does not take: {foreign}")
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     return {"opset": opset, "ops": ops_used, "unsupported_by_tensorrt": foreign}
-
-
-def rel_err(out: np.ndarray | torch.Tensor, ref: np.ndarray | torch.Tensor) -> float:
-    a = torch.as_tensor(np.asarray(out)).double()
-    b = torch.as_tensor(np.asarray(ref)).double()
-    if a.shape != b.shape:
-        return float("inf")
-    denom = float(b.norm())
-    return float((a - b).norm()) / denom if denom > 0 else float((a - b).norm())
 
 
 def compare_with_reference(

@@ -19,20 +19,15 @@ from typing import Any
 
 from lumina_rt.engines.tensorrt_engine import require_tensorrt, trt_logger
 from lumina_rt.errors import ConfigError, EngineError
+from lumina_rt.files import atomic_write
+from lumina_rt.tolerances import PRECISIONS
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "bf16")
 # Bump when the builder settings below change: part of the engine cache key.
 BUILD_FORMAT = 1
 
 InputRanges = dict[str, list[list[int]]]  # input name -> [min shape, opt shape, max shape]
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def build_plan(
@@ -93,11 +88,11 @@ def build_plan(
     if serialized is None:
         raise EngineError(f"TensorRT failed to build an engine from {str(onnx_path)!r} (see the log above)")
     plan = Path(plan_path)
-    _write_atomic(plan, bytes(memoryview(serialized)))
+    atomic_write(plan, bytes(memoryview(serialized)))
     if cache_file is not None:
         updated = config.get_timing_cache()
         if updated is not None:
-            _write_atomic(cache_file, bytes(memoryview(updated.serialize())))
+            atomic_write(cache_file, bytes(memoryview(updated.serialize())))
     return {
         "tensorrt": str(trt.__version__),
         "precision": precision,

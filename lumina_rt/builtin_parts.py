@@ -3,20 +3,22 @@
 Registered in `lumina_rt.components` (imported automatically from there):
 
 - text encoder kind ``"lumina-tiny-text"``: a fixed vocabulary (``vocab`` file, one word a line) and a fixed
-  embedding table (``weights`` safetensors, key ``embedding`` [V, D]); unknown words map to ``<unk>``.
+  embedding table (``weights`` safetensors, key ``embedding`` [V, D]); unknown words map to ``<unk>`` with one
+  logged warning per `encode` call naming them (``strict=True``: a TextEncoderError instead).
   A prompt is encoded as ``<system prompt> <sep> <prompt>``; the system prompt defaults to the spec's
   ``system_prompt`` (the ``toon`` source), so an empty prompt gives the caption-dropout (negative) condition.
 - decoder kind ``"lumina-tiny-pca"``: a small linear autoencoder fitted here (PCA of 4 x 4 pixel blocks,
   12 whitened components), latents [12, F, H/4, W/4]; ``"pixels"`` (components.py) also works for pixel models.
 
 `builtin_dir()` is the shipped model's folder; `generate_reference(...)` samples it with the reference torch
-model and sampler, without the engine runtime.
+model and sampler, without the engine runtime; `builtin_engines()` builds (once) and returns its engines.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -59,6 +61,24 @@ def builtin_presets() -> dict[str, dict[str, Any]]:
 def builtin_dir() -> Path:
     """Folder of the shipped built-in model (config.json, model.safetensors, components.json, ...)."""
     return Path(__file__).resolve().parent / "builtin"
+
+
+# Shapes the built-in model's engines serve, and the size `lumina-rt generate --builtin` makes without sizes.
+BUILTIN_SHAPES = dict(resolutions=((32, 32), (64, 64)), frames=(1, 8, 16))
+BUILTIN_DEFAULT_SIZE = (8, 32, 32)  # frames, height, width
+
+
+def builtin_engines() -> Path:
+    """Engines of the built-in model, built on first use into the cache (LUMINA_RT_CACHE, ~/.cache/lumina_rt)."""
+    from lumina_rt.engines.profiles import ServeShapes
+    from lumina_rt.export.build_engines import build
+
+    cache = Path(os.environ.get("LUMINA_RT_CACHE", Path.home() / ".cache" / "lumina_rt"))
+    out = cache / "engines" / "builtin"
+    report = build(builtin_dir(), out, target="auto", shapes=ServeShapes(**BUILTIN_SHAPES))
+    if report.changed:
+        logger.info("built the built-in model's engines in %s (%.0f s)", out, report.seconds)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -120,22 +140,39 @@ class TinyTextEncoder:
             system_prompt=self.system_prompt,
         )
 
-    def token_ids(self, prompt: str, system_prompt: str | None = None) -> list[int]:
+    def words(self, prompt: str, system_prompt: str | None = None) -> list[str]:
+        """The words a prompt is encoded from: `<system prompt> <sep> <prompt>`."""
         from lumina_rt.data.captions import tokenize
 
         system = self.system_prompt if system_prompt is None else system_prompt
-        words = [*tokenize(system), "<sep>", *tokenize(prompt)]
+        return [*tokenize(system), "<sep>", *tokenize(prompt)]
+
+    def token_ids(self, prompt: str, system_prompt: str | None = None) -> list[int]:
         unk = self.index["<unk>"]
-        return [self.index.get(w, unk) for w in words]
+        return [self.index.get(w, unk) for w in self.words(prompt, system_prompt)]
+
+    def unknown_words(self, prompts: Sequence[str], system_prompts: Sequence[str | None] | None = None) -> list[str]:
+        """Words of the prompts outside the vocabulary (each once, in order of appearance)."""
+        systems = list(system_prompts) if system_prompts is not None else [None] * len(prompts)
+        seen = [w for p, s in zip(prompts, systems) for w in self.words(p, s) if w not in self.index]
+        return list(dict.fromkeys(seen))
 
     def encode(
-        self, prompts: list[str], system_prompts: Sequence[str | None] | None = None
+        self, prompts: list[str], system_prompts: Sequence[str | None] | None = None, strict: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cap_feats [B, L, D], cap_mask [B, L]). Unknown words become `<unk>` with one warning naming them;
+        with `strict`, they raise TextEncoderError instead."""
         if isinstance(prompts, str):
             raise InputError("encode takes a list of prompts, got a single string")
         systems = list(system_prompts) if system_prompts is not None else [None] * len(prompts)
         if len(systems) != len(prompts):
             raise InputError(f"{len(systems)} system prompts for {len(prompts)} prompts")
+        unknown = self.unknown_words(prompts, systems)
+        if unknown:
+            what = f"{len(unknown)} word(s) outside the text encoder's {len(self.vocab)}-word vocabulary: {unknown}"
+            if strict:
+                raise TextEncoderError(what)
+            logger.warning("%s; they are encoded as <unk>, which means nothing to the model", what)
         ids = [self.token_ids(p, s) for p, s in zip(prompts, systems)]
         length = max(len(i) for i in ids)
         tok = torch.zeros(len(ids), length, dtype=torch.long)
@@ -317,20 +354,3 @@ def generate_reference(
     )
     assert result.frames is not None
     return result.frames
-
-
-def save_video(frames: torch.Tensor, path: str | Path, fps: int = 8, upscale: int = 4) -> Path:
-    """Write frames [3, F, H, W] in [0, 1] as .gif or .mp4 (nearest-neighbour upscaled for viewing)."""
-    import imageio.v2 as imageio
-    import numpy as np
-
-    path = Path(path)
-    arr = (frames.clamp(0, 1).permute(1, 2, 3, 0).cpu().numpy() * 255).round().astype(np.uint8)
-    if upscale > 1:
-        arr = arr.repeat(upscale, axis=1).repeat(upscale, axis=2)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".gif":
-        imageio.mimsave(path, list(arr), duration=1.0 / fps, loop=0)
-    else:
-        imageio.mimsave(path, list(arr), fps=fps, macro_block_size=1)
-    return path

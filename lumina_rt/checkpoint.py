@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +23,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from lumina_rt.config import PRESETS, RELEASED_CONSTRUCTORS, ModelConfig
+from lumina_rt.config import MODEL_SIZES, RELEASED_CONSTRUCTORS, ModelConfig
 from lumina_rt.errors import CheckpointError, UnsafeCheckpointError
+from lumina_rt.files import atomic_path, atomic_write
 from lumina_rt.model import MultiScaleNextDiT
 
 logger = logging.getLogger(__name__)
@@ -205,8 +205,8 @@ def load_model(
 
 
 def build_model(spec: str | os.PathLike, device: str | torch.device = "cpu") -> MultiScaleNextDiT:
-    """A checkpoint directory, or a preset name with random weights."""
-    if isinstance(spec, str) and spec in PRESETS and not Path(spec).is_dir():
+    """A checkpoint directory, or a model size name with random weights."""
+    if isinstance(spec, str) and spec in MODEL_SIZES and not Path(spec).is_dir():
         with torch.device(device):
             return MultiScaleNextDiT(ModelConfig.from_name(spec)).eval()
     return load_model(spec, device)
@@ -215,17 +215,6 @@ def build_model(spec: str | os.PathLike, device: str | torch.device = "cpu") -> 
 # ------------------------------------------------------------------------------------------------
 # Save (native layout), atomically
 # ------------------------------------------------------------------------------------------------
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def save_native(
@@ -238,11 +227,11 @@ def save_native(
     p = Path(path)
     p.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in _strip_prefix(state_dict).items()}
-    _atomic_write(p / NATIVE_WEIGHTS, lambda tmp: save_file(tensors, tmp))
-    text = config.to_json()
-    _atomic_write(p / NATIVE_CONFIG, lambda tmp: Path(tmp).write_text(text))
+    with atomic_path(p / NATIVE_WEIGHTS) as tmp:
+        save_file(tensors, str(tmp))
+    atomic_write(p / NATIVE_CONFIG, config.to_json())
     for name, content in (extra_files or {}).items():
-        _atomic_write(p / name, lambda tmp, c=content: Path(tmp).write_text(c))
+        atomic_write(p / name, content)
     return p
 
 

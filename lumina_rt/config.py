@@ -1,4 +1,8 @@
-"""Model configuration: the released constructor's arguments, derived sizes and named presets."""
+"""Model configuration: the released constructor's arguments, derived sizes and named model sizes.
+
+Names: a *model size* (`MODEL_SIZES`: "2B", "f24R960", "tiny", ...) is a set of constructor arguments; a *preset*
+is always a sampling recipe (`lumina_rt.sampling.SAMPLE_PRESETS`), never a model size.
+"""
 
 from __future__ import annotations
 
@@ -47,7 +51,7 @@ class ModelConfig:
     rope_theta: float = 10000.0
     t_scale: float = 1.0
     motion_scale: float = 1.0
-    # lumina_rt extension (not a released argument): name of the preset this config came from.
+    # lumina_rt extension (not a released argument): name of the model size (or checkpoint) this config came from.
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
@@ -135,10 +139,10 @@ class ModelConfig:
 
     @classmethod
     def from_name(cls, name: str) -> ModelConfig:
-        """A named preset (see `PRESETS`)."""
-        if name not in PRESETS:
-            raise ConfigError(f"unknown model preset {name!r}; known presets: {sorted(PRESETS)}")
-        return cls.from_kwargs(PRESETS[name], name=name)
+        """A named model size (see `MODEL_SIZES`)."""
+        if name not in MODEL_SIZES:
+            raise ConfigError(f"unknown model size {name!r}; known model sizes: {sorted(MODEL_SIZES)}")
+        return cls.from_kwargs(MODEL_SIZES[name], name=name)
 
 
 # Released sizes (constructor functions MultiScaleNextDiT_2B / _2B_GQA / _4B_GQA).
@@ -158,14 +162,14 @@ _F24R960_ARGS = dict(
     motion_scale=20.0,
 )
 
-# Released constructor name -> size preset.
+# Released constructor name -> model size arguments.
 RELEASED_CONSTRUCTORS: dict[str, dict[str, Any]] = {
     "MultiScaleNextDiT_2B": _2B,
     "MultiScaleNextDiT_2B_GQA": _2B_GQA,
     "MultiScaleNextDiT_4B_GQA": _4B_GQA,
 }
 
-PRESETS: dict[str, dict[str, Any]] = {
+MODEL_SIZES: dict[str, dict[str, Any]] = {
     "2B": dict(_2B),
     "2B-GQA": dict(_2B_GQA),
     "4B-GQA": dict(_4B_GQA),

@@ -8,7 +8,7 @@ class LuminaError(Exception):
 
 
 class ConfigError(LuminaError, ValueError):
-    """A model or sampling configuration is invalid (unknown preset, inconsistent sizes, ...)."""
+    """A model or sampling configuration is invalid (unknown model size, inconsistent sizes, ...)."""
 
 
 class InputError(LuminaError, ValueError):

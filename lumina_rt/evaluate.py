@@ -7,13 +7,11 @@ dominant axis of its centroid trajectory, its speed the mean centroid displaceme
 `evaluate_model` samples the held-out prompts (colour / shape / direction combinations never seen in training)
 at three speeds, with a distinct requested motion score per prompt, and reports for each sampling schedule:
 colour adherence, direction adherence, speed-word adherence, and the Spearman rank correlation between
-requested and measured motion. `lumina-rt eval` runs it.
+requested and measured motion. `lumina-rt eval` (lumina_rt/cli/eval.py) runs it.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -23,7 +21,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from lumina_rt.cli import register
 from lumina_rt.data import captions as C
 from lumina_rt.data.motion import analyse_frames
 
@@ -141,7 +138,8 @@ def evaluate_model(
     batch: int = 36,
 ) -> dict[str, Any]:
     """Generate the held-out prompts with each schedule and score them; returns the report dict."""
-    from lumina_rt.builtin_parts import builtin_dir, generate_reference, sample_presets, save_video
+    from lumina_rt.builtin_parts import builtin_dir, generate_reference, sample_presets
+    from lumina_rt.video import write_video
 
     directory = Path(builtin_dir() if directory is None else directory)
     prompts = eval_prompts()
@@ -182,7 +180,8 @@ def evaluate_model(
         report["schedules"][name] = result
         if save_videos is not None:
             for k, (video, p) in enumerate(zip(all_videos[:12], metas[:12])):
-                save_video(video, Path(save_videos) / name / f"{k:02d}_{p.prompt.replace(' ', '_')[:60]}.gif")
+                path = Path(save_videos) / name / f"{k:02d}_{p.prompt.replace(' ', '_')[:60]}.gif"
+                write_video(video, path, scale=4)
         logger.info(
             "%s: colour %.1f%%  direction %.1f%%  spearman %.3f  (%.0fs)",
             name,
@@ -207,82 +206,3 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         cells = [f"{per[s]['direction_adherence']:.1f}" for s in C.SPEEDS if s in per]
         lines.append(f"  {name:<12} " + " / ".join(cells))
     return lines
-
-
-@register("eval", "generate held-out prompts with a model and score colour / direction / speed adherence")
-def _eval_cmd(p: argparse.ArgumentParser):
-    p.add_argument("--model", default=None, help="checkpoint directory with components.json (default: built-in)")
-    p.add_argument("--schedules", default="single_scale,multi_scale", help="comma-separated sampling presets")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the checkpoint's preset)")
-    p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the checkpoint's preset)")
-    p.add_argument("--seeds", default="0", help="comma-separated noise seeds")
-    p.add_argument("--out", default=None, help="write the full report (with per-sample rows) as JSON here")
-    p.add_argument("--save-videos", default=None, help="write the first 12 videos of each schedule as GIFs here")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-
-    def run(args: argparse.Namespace) -> int:
-        torch.set_num_threads(args.threads)
-        report = evaluate_model(
-            args.model,
-            tuple(s for s in args.schedules.split(",") if s),
-            args.steps,
-            args.cfg,
-            tuple(int(s) for s in args.seeds.split(",")),
-            args.save_videos,
-        )
-        for line in summary_lines(report):
-            print(line)
-        if args.out:
-            Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
-            print(f"report written to {args.out}")
-        return 0
-
-    return run
-
-
-def _add_reference_generate(p: argparse.ArgumentParser):
-    p.add_argument("--builtin", action="store_true", help="use the built-in model (the default here)")
-    p.add_argument("--model", default=None, help="checkpoint directory with components.json (default: built-in)")
-    p.add_argument("--prompt", required=True, help='e.g. "a red circle moving right quickly"')
-    p.add_argument("--out", default="demo.gif", help="output .gif or .mp4")
-    p.add_argument("--schedule", default="multi_scale", help="single_scale or multi_scale")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--cfg", type=float, default=None)
-    p.add_argument("--motion", type=float, default=None, help="motion score (px/frame at 32 px); -1: none")
-    p.add_argument("--seed", type=int, default=0)
-
-    def run(args: argparse.Namespace) -> int:
-        from lumina_rt.builtin_parts import generate_reference, save_video
-
-        torch.set_num_threads(2)
-        t0 = time.time()
-        video = generate_reference(
-            args.prompt,
-            steps=args.steps,
-            sample=args.schedule,
-            cfg=args.cfg,
-            motion=args.motion,
-            seed=args.seed,
-            directory=args.model,
-        )
-        path = save_video(video[0], args.out)
-        print(f"wrote {path} ({video.shape[2]} frames, {video.shape[3]}x{video.shape[4]}) in {time.time() - t0:.1f} s")
-        return 0
-
-    return run
-
-
-# Reference-path generation with the built-in model, registered as `generate` only when no other module (the
-# engine runtime's CLI) has claimed that name; always available as `generate-reference`.
-register("generate-reference", "generate a video with a checkpoint's reference torch model (no engines needed)")(
-    _add_reference_generate
-)
-try:
-    from lumina_rt.cli import _COMMANDS
-
-    if "generate" not in _COMMANDS:
-        register("generate", "generate a video (reference torch model; the built-in model by default)")(
-            _add_reference_generate
-        )
-except ImportError:  # pragma: no cover
-    pass

@@ -33,7 +33,7 @@ def forward_flops(config: ModelConfig, combo: str, tokens: int, cap_len: int, ba
 
 def weight_bytes(config: ModelConfig, bytes_per_param: int = 4) -> int:
     """Bytes of the parameters that one forward reads (shared backbone + one scale's embedder and final layer)."""
-    from lumina_rt.inspect import describe
+    from lumina_rt.describe import describe
 
     info = describe(config)
     pf, p = config.all_f_patch_size[0], config.all_patch_size[0]

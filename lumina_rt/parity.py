@@ -1,8 +1,9 @@
 """Parity against fixtures made by running the released code (format: shared/fixtures/README.md).
 
-`run_parity(fixture, evaluator)` runs every case and returns one result per output tensor with its relative
-error ||out - ref|| / ||ref||. An *evaluator* computes velocities; the reference torch model (any kernel
-backend) and the engine runtime both provide one.
+`run_parity(fixture, target)` runs every case and returns one result per output tensor with its relative
+error ||out - ref|| / ||ref|| (`lumina_rt.tolerances.rel_err`). A *parity target* computes velocities; the
+reference torch model (`ModelParityTarget`, any kernel backend) and the engine runtime both provide one.
+(Quality scoring of generated videos is another thing: `lumina_rt.evaluate`.)
 """
 
 from __future__ import annotations
@@ -20,14 +21,13 @@ from safetensors import safe_open
 from lumina_rt.config import ModelConfig, parse_patch_combo
 from lumina_rt.errors import InputError
 from lumina_rt.sampling import Conditioning, SampleConfig, guided_velocity, sample_euler
+from lumina_rt.tolerances import TOLERANCE, rel_err
 
 logger = logging.getLogger(__name__)
 
-TOLERANCE = 1e-5
 
-
-class Evaluator(Protocol):
-    """What parity needs from a backend."""
+class ParityTarget(Protocol):
+    """What parity needs from a backend: velocities for a batch, and for a list of differently sized items."""
 
     def velocity(
         self, x: torch.Tensor, t: torch.Tensor, cap_feats: torch.Tensor, cap_mask: torch.Tensor,
@@ -40,8 +40,8 @@ class Evaluator(Protocol):
     ) -> list[torch.Tensor]: ...  # fmt: skip
 
 
-class ModelEvaluator:
-    """Evaluator over the reference torch model (kernel backend chosen with lumina_rt.ops)."""
+class ModelParityTarget:
+    """Parity target over the reference torch model (kernel backend chosen with lumina_rt.ops)."""
 
     def __init__(self, model: torch.nn.Module):
         self.model = model
@@ -94,15 +94,6 @@ def load_fixture(path: str | Path) -> Fixture:
     return Fixture(path, json.loads(meta_text), tensors)
 
 
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    out, ref = out.double(), ref.double()
-    if out.shape != ref.shape:
-        return float("inf")
-    denom = ref.norm()
-    diff = (out - ref).norm()
-    return float(diff / denom) if denom > 0 else float(diff)
-
-
 def _inputs(fx: Fixture, case: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Conditioning inputs of a case: `in.*` defaults, overridable per case by naming other tensors."""
     names = {"t": "in.t", "cap_feats": "in.cap_feats", "cap_mask": "in.cap_mask", "motion": "in.motion"}
@@ -127,7 +118,7 @@ def _conditioning(inp: dict[str, torch.Tensor]) -> tuple[Conditioning, Condition
 
 def run_parity(
     fixture: Fixture,
-    evaluator: Evaluator,
+    target: ParityTarget,
     tolerance: float = TOLERANCE,
     on_result: Callable[[CaseResult], None] | None = None,
 ) -> list[CaseResult]:
@@ -147,13 +138,13 @@ def run_parity(
             kind = case["kind"]
             inp = _inputs(fixture, case)
             if kind == "forward":
-                out = evaluator.velocity(
+                out = target.velocity(
                     fixture.get(case["x"]), inp["t"], inp["cap_feats"], inp["cap_mask"], inp["motion"], case["patch"]
                 )
                 record(case["out"], kind, out, fixture.get(case["out"]))
             elif kind == "forward_list":
                 items = [fixture.get(name) for name in case["x"]]
-                outs = evaluator.forward_list(
+                outs = target.forward_list(
                     items, inp["t"], inp["cap_feats"], inp["cap_mask"], inp["motion"], case["patch"]
                 )
                 for out, name in zip(outs, case["out"]):
@@ -166,7 +157,7 @@ def run_parity(
                 b = pos.cap_feats.shape[0]
                 for t, name in zip(case["t"], case["out"]):
                     t32 = float(torch.tensor(t, dtype=torch.float32))
-                    guided = guided_velocity(evaluator.velocity, z[:b], t32, pos, neg, sc)
+                    guided = guided_velocity(target.velocity, z[:b], t32, pos, neg, sc)
                     ref = fixture.get(name)
                     # Row 0..b-1: guided velocity. The released step returns the negative rows unchanged.
                     record(name, kind, torch.cat([guided, z[b:]]), ref)
@@ -177,7 +168,7 @@ def run_parity(
                 z = fixture.get(case["z"])
                 pos, neg = _conditioning(inp)
                 b = pos.cap_feats.shape[0]
-                traj = sample_euler(evaluator.velocity, z[:b], pos, neg, sc, progress=False, return_trajectory=True)
+                traj = sample_euler(target.velocity, z[:b], pos, neg, sc, progress=False, return_trajectory=True)
                 ref = fixture.get(case["out"])
                 # Only the positive rows are meaningful (the rest is the released code's unused negative slot).
                 record(case["out"], kind, traj, ref[:, :b])

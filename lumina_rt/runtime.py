@@ -88,10 +88,8 @@ class Runtime:
         return self.engines.forward_list(items, t, cap_feats, cap_mask, motion, combo)
 
     def parity_target(self) -> EngineSet:
-        """What `lumina_rt.parity.run_parity` checks: these engines' velocity and forward_list."""
+        """What `lumina_rt.parity.run_parity` checks (a `ParityTarget`): these engines' velocity and forward_list."""
         return self.engines
-
-    evaluator = parity_target
 
     # ------------------------------------------------------------------ the pipeline
     @property

@@ -176,12 +176,16 @@ SAMPLE_PRESETS: dict[str, dict[str, Any]] = {
 # ------------------------------------------------------------------------------------------------
 
 
+def shift_time(t: torch.Tensor, shift: float) -> torch.Tensor:
+    """The released time shift t' = t / (t + s - s t) (s > 1 moves times toward noise, t = 0); trainer and sampler."""
+    return t / (t + shift - shift * t)
+
+
 def time_grid(steps: int, shift: float) -> torch.Tensor:
-    """Shifted grid (float32, as released): t = linspace(0, 1, steps); t' = t / (t + s - s t)."""
+    """Shifted grid (float32, as released): t = linspace(0, 1, steps) through `shift_time`."""
     if steps < 2:
         raise ScheduleError(f"steps must be >= 2 grid points, got {steps}")
-    t = torch.linspace(0.0, 1.0, steps)
-    return t / (t + shift - shift * t)
+    return shift_time(torch.linspace(0.0, 1.0, steps), shift)
 
 
 @dataclass

@@ -8,11 +8,13 @@ from types import ModuleType
 import pytest
 import torch
 
+from lumina_rt.tolerances import KERNEL_ATOL
+
 # (dtype, atol) together: the atol is added to the rule "kernel error <= 2 x same-precision PyTorch error"
 DTYPES = [
-    pytest.param(torch.float32, 1e-5, id="fp32"),
-    pytest.param(torch.float16, 1e-3, id="fp16"),
-    pytest.param(torch.bfloat16, 1e-2, id="bf16"),
+    pytest.param(torch.float32, KERNEL_ATOL["fp32"], id="fp32"),
+    pytest.param(torch.float16, KERNEL_ATOL["fp16"], id="fp16"),
+    pytest.param(torch.bfloat16, KERNEL_ATOL["bf16"], id="bf16"),
 ]
 
 # triton: the Triton kernels (interpreted on CPU); cpp: the C++ extension with its AVX-512 row kernels where built;

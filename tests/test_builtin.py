@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 
+import pytest
 import torch
 
 from lumina_rt import components
 from lumina_rt.builtin_parts import builtin_dir, generate_reference
 from lumina_rt.checkpoint import load_model
 from lumina_rt.data.motion import analyse_frames
+from lumina_rt.errors import TextEncoderError
 
 BUILTIN = builtin_dir()
 
@@ -66,3 +69,19 @@ def test_engines_default_to_the_multiscale_preset():
     presets = sample_presets(BUILTIN)
     assert presets["multi_scale"] == BUILTIN_MULTI and set(presets) == {"multi_scale", "single_scale"}
     assert _default_preset(load_model(BUILTIN).config, presets, None) == "multi_scale"
+
+
+def test_text_encoder_names_unknown_words_once_per_call(caplog):
+    enc = components.load_text_encoder(BUILTIN)
+    with caplog.at_level(logging.WARNING, logger="lumina_rt.builtin_parts"):
+        enc.encode(["a red circle moving left quickly", ""])
+    assert not caplog.records
+    with caplog.at_level(logging.WARNING, logger="lumina_rt.builtin_parts"):
+        feats, _ = enc.encode(["a purple dragon moving left", "a purple circle"])
+    assert len(caplog.records) == 1
+    msg = caplog.records[0].getMessage()
+    assert "['purple', 'dragon']" in msg and f"{len(enc.vocab)}-word vocabulary" in msg and "<unk>" in msg
+    assert feats.shape[0] == 2  # still encoded, as <unk>
+    with pytest.raises(TextEncoderError, match=r"\['purple', 'dragon'\]"):
+        enc.encode(["a purple dragon moving left"], strict=True)
+    enc.encode(["a red circle moving left quickly"], strict=True)  # known words pass

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from lumina_rt.checkpoint import load_config, load_model, save_native, weights_hash
 from lumina_rt.errors import CheckpointError, UnsafeCheckpointError
-from lumina_rt.parity import ModelEvaluator, load_fixture, run_parity
+from lumina_rt.parity import ModelParityTarget, load_fixture, run_parity
 from tests._paths import PUBLIC_FIXTURE, require
 
 
@@ -32,7 +32,7 @@ def _released_args(cfg) -> argparse.Namespace:
 
 
 def _assert_parity(model, fixture):
-    results = run_parity(fixture, ModelEvaluator(model))
+    results = run_parity(fixture, ModelParityTarget(model))
     assert max(r.rel_err for r in results) <= 1e-5
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from safetensors import safe_open
@@ -14,7 +15,7 @@ from tests._paths import OFFICIAL_KEYS, PUBLIC_FIXTURE, require
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lumina_rt.cli", *args], capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "lumina_rt", *args], capture_output=True, text=True, timeout=600)
 
 
 def test_parity_command_passes_on_public_fixture():
@@ -72,3 +73,32 @@ def test_inspect_checkpoint_dir_and_unknown_target(tmp_path):
 def test_parity_rejects_unknown_backend(backend):
     res = _run("parity", str(require(PUBLIC_FIXTURE)), "--backend", backend)
     assert res.returncode == 2 and "invalid choice" in res.stderr
+
+
+def test_one_command_table_and_the_library_never_imports_the_cli():
+    import lumina_rt
+    from lumina_rt.cli import COMMANDS, build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert list(sub.choices) == list(COMMANDS)
+    assert {"parity", "inspect", "build", "generate", "train", "make-data", "eval", "generate-reference"} <= set(
+        COMMANDS
+    )
+    root = Path(lumina_rt.__file__).parent
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root).as_posix()
+        if rel.startswith("cli/") or rel == "__main__.py":
+            continue
+        text = path.read_text()
+        assert "lumina_rt.cli" not in text, rel
+        # argparse only in the CLI; the checkpoint loader names argparse.Namespace to unpickle released args
+        assert "import argparse" not in text or rel == "checkpoint.py", rel
+
+
+def test_python_dash_m_lumina_rt_lists_every_command():
+    from lumina_rt.cli import COMMANDS
+
+    res = _run("--help")
+    assert res.returncode == 0, res.stderr
+    assert all(name in res.stdout for name in COMMANDS)

@@ -218,7 +218,7 @@ def test_tensorrt_engines_run():
     from tests._engine_fixtures import fixture_path
 
     rt = Runtime(out, backend="tensorrt")
-    results = run_parity(load_fixture(fixture_path("public")), rt.evaluator(), tolerance=1e-4)
+    results = run_parity(load_fixture(fixture_path("public")), rt.parity_target(), tolerance=1e-4)
     assert all(r.passed for r in results)
 
 

@@ -84,7 +84,7 @@ def test_malformed_schedule_in_sampler(model):
 
 
 def test_config_errors():
-    with pytest.raises(ConfigError, match="unknown model preset 'huge'"):
+    with pytest.raises(ConfigError, match="unknown model size 'huge'"):
         ModelConfig.from_name("huge")
     with pytest.raises(ConfigError, match="n_kv_heads=3"):
         ModelConfig(dim=128, n_heads=4, n_kv_heads=3)

@@ -7,7 +7,7 @@ import torch
 
 from lumina_rt.config import ModelConfig
 from lumina_rt.model import MultiScaleNextDiT, rope_tables
-from lumina_rt.parity import ModelEvaluator, load_fixture, run_parity
+from lumina_rt.parity import ModelParityTarget, load_fixture, run_parity
 from tests._paths import PUBLIC_FIXTURE, require
 
 
@@ -19,7 +19,7 @@ def fixture():
 def test_public_fixture_every_case(fixture):
     model = MultiScaleNextDiT(fixture.config).eval()
     model.load_state_dict(fixture.state_dict, strict=True)
-    results = run_parity(fixture, ModelEvaluator(model))
+    results = run_parity(fixture, ModelParityTarget(model))
     kinds = {r.kind for r in results}
     assert kinds == {"forward", "forward_list", "forward_with_multi_cfg", "sample_euler"}
     assert len(results) == 16
@@ -33,7 +33,7 @@ def test_parity_detects_a_wrong_model(fixture):
     sd = fixture.state_dict
     sd["layers.1.attention.gate"] = sd["layers.1.attention.gate"] + 0.01
     model.load_state_dict(sd, strict=True)
-    results = run_parity(fixture, ModelEvaluator(model))
+    results = run_parity(fixture, ModelParityTarget(model))
     assert not all(r.passed for r in results)
 
 

@@ -188,7 +188,7 @@ def test_auto_takes_each_scales_fastest_backend(tmp_path):
 def test_build_command_prints_the_ranking(tmp_path):
     ckpt, _, _ = engines("public")
     res = subprocess.run(
-        [sys.executable, "-m", "lumina_rt.cli", "build", "--checkpoint", str(ckpt), "--out", str(tmp_path / "e"),
+        [sys.executable, "-m", "lumina_rt", "build", "--checkpoint", str(ckpt), "--out", str(tmp_path / "e"),
          "--target", "torch", "--resolutions", "16x16", "--frames", "8", "--measure-steps", "1"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip

@@ -21,15 +21,15 @@ from lumina_rt.engines.profiles import ServeShapes
 from lumina_rt.errors import BackendUnavailableError, EngineError, InputError, ScheduleError, TextEncoderError
 from lumina_rt.export.build_engines import build
 from lumina_rt.model import MultiScaleNextDiT
-from lumina_rt.parity import load_fixture, rel_err, run_parity
+from lumina_rt.parity import load_fixture, run_parity
 from lumina_rt.runtime import Runtime, make_noise
 from lumina_rt.sampling import Conditioning, sample_euler
+from lumina_rt.tolerances import rel_err
 from tests._engine_fixtures import engines, fixture_path
 from tests._fixture_gen import EXTRA_CONFIGS
 
 REPO = Path(__file__).resolve().parents[1]
-# `python -m lumina_rt.cli` runs cli.py as __main__, whose registry misses subcommands added by other modules.
-CLI = [sys.executable, "-c", "import sys; from lumina_rt.cli import main; sys.exit(main(sys.argv[1:]))"]
+CLI = [sys.executable, "-m", "lumina_rt"]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def public():
 def test_parity_command_with_engine_dir(public):
     _, _, eng, _ = public
     res = subprocess.run(
-        [sys.executable, "-m", "lumina_rt.cli", "parity", str(fixture_path("public")), "--engine-dir", str(eng),
+        [*CLI, "parity", str(fixture_path("public")), "--engine-dir", str(eng),
          "--json"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -65,7 +65,7 @@ def test_parity_on_generated_fixtures(name):
     fx = load_fixture(fixture_path(name))
     rt = Runtime(eng)
     rt.check_config(fx.config)
-    results = run_parity(fx, rt.evaluator())
+    results = run_parity(fx, rt.parity_target())
     assert {r.kind for r in results} == {"forward", "forward_list", "forward_with_multi_cfg", "sample_euler"}
     worst = max(results, key=lambda r: r.rel_err)
     assert worst.rel_err <= 1e-5, worst
@@ -75,7 +75,7 @@ def test_torch_backend_from_the_same_weight_file(public):
     fx, _, eng, _ = public
     rt = Runtime(eng, backend="torch")
     assert rt.backend_name == "torch"
-    results = run_parity(fx, rt.evaluator())
+    results = run_parity(fx, rt.parity_target())
     assert max(r.rel_err for r in results) <= 1e-5
 
 
@@ -250,6 +250,7 @@ def test_generate_command_writes_a_video(public, tmp_path):
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert f"wrote {out}" in res.stdout and "latent preview" in res.stdout and out.is_file()
+    assert "3-point time grid, 2 model evaluations" in res.stdout
 
 
 # ------------------------------------------------------------------------------------------------ typed errors

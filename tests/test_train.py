@@ -145,7 +145,7 @@ def test_algorithm1_gradients_reach_every_patch_size(tmp_path):
 
 
 def test_each_patch_size_has_its_own_time_shift(recorded):
-    shifts = T.task_shifts(T.load_train_config(recorded["cfg"])["model"], {})
+    shifts = T.task_shifts(T.TrainConfig.from_dict(recorded["cfg"]).model, {})
     assert shifts == {"image": 1.0, "2x4": 2.0, "2x8": 4.0, "4x8": 8.0}  # larger patches, larger shift
     medians = {}
     for combo in ("2x4", "2x8", "4x8"):
@@ -157,7 +157,7 @@ def test_each_patch_size_has_its_own_time_shift(recorded):
 
 
 def test_learning_rate_warmup_and_cosine_decay():
-    tc = T.load_train_config(tiny_config(lr=1e-3, warmup=10, lr_decay_start=50, lr_min_ratio=0.1))["train"]
+    tc = T.TrainConfig.from_dict(tiny_config(lr=1e-3, warmup=10, lr_decay_start=50, lr_min_ratio=0.1)).train
     assert T.learning_rate(tc, 0, 100) == pytest.approx(1e-4)
     assert T.learning_rate(tc, 9, 100) == T.learning_rate(tc, 50, 100) == pytest.approx(1e-3)
     assert T.learning_rate(tc, 99, 100) == pytest.approx(1e-4)
@@ -272,9 +272,9 @@ def test_train_subcommand_is_registered():
 
     args = build_parser().parse_args(["train", "configs/builtin.json", "--stop-after", "5"])
     assert args.stop_after == 5
-    cfg = T.load_train_config("configs/builtin.json")
-    assert cfg["train"]["motion_drop"] == 0.4 and cfg["train"]["grad_clip"] == 2.0
-    assert [s["size"] for s in cfg["stages"]] == sorted(s["size"] for s in cfg["stages"])
+    cfg = T.TrainConfig.from_file("configs/builtin.json")
+    assert cfg.train.motion_drop == 0.4 and cfg.train.grad_clip == 2.0
+    assert [s.size for s in cfg.stages] == sorted(s.size for s in cfg.stages)
 
 
 def test_bf16_autocast_runs_linears_in_bf16_attention_in_fp32(tmp_path, monkeypatch):
@@ -312,21 +312,21 @@ def test_bf16_autocast_runs_linears_in_bf16_attention_in_fp32(tmp_path, monkeypa
 
 def test_autocast_setting_is_checked():
     with pytest.raises(T.ConfigError, match="autocast"):
-        T.load_train_config(tiny_config(autocast="fp16"))
+        T.TrainConfig.from_dict(tiny_config(autocast="fp16"))
 
 
 def test_compile_setting_is_checked():
     with pytest.raises(T.ConfigError, match="compile must be true or false, got 'yes'"):
-        T.load_train_config(tiny_config(compile="yes"))
+        T.TrainConfig.from_dict(tiny_config(compile="yes"))
     cfg = tiny_config(compile=True)
     cfg["stages"][0]["compile"] = False
-    stages = T.load_train_config(cfg)["stages"]
-    assert [s["compile"] for s in stages] == [False, True]
+    stages = T.TrainConfig.from_dict(cfg).stages
+    assert [s.compile for s in stages] == [False, True]
 
 
 def test_padded_captions_change_no_output():
     torch.manual_seed(0)
-    model = MultiScaleNextDiT(T.load_train_config(tiny_config())["model"]).eval()
+    model = MultiScaleNextDiT(T.TrainConfig.from_dict(tiny_config()).model).eval()
     for p in model.parameters():  # the zero-initialised gates and final layer would hide the captions
         torch.nn.init.normal_(p, std=0.2)
     enc = TinyTextEncoder.create(dim=64)
@@ -403,3 +403,23 @@ def test_compiled_bf16_steps_use_fp32_math_attention(tmp_path, monkeypatch):
     a = logged_losses(ref)
     b = logged_losses(res)
     assert len(a) == len(b) == 3 and a == pytest.approx(b, rel=2e-3)
+
+
+def test_config_errors_name_the_bad_key_or_value(tmp_path):
+    with pytest.raises(T.ConfigError, match=r"unknown train keys \['bogus'\]"):
+        T.TrainConfig.from_dict(tiny_config(bogus=1))
+    cfg = tiny_config()
+    cfg["data"] = {"seeds": 1}
+    with pytest.raises(T.ConfigError, match=r"unknown data keys \['seeds'\]"):
+        T.TrainConfig.from_dict(cfg)
+    cfg = tiny_config()
+    cfg["stages"][0]["sizes"] = 3
+    with pytest.raises(T.ConfigError, match=r"unknown stage 0 keys \['sizes'\]"):
+        T.TrainConfig.from_dict(cfg)
+    cfg = tiny_config()
+    cfg["stages"][1]["iters"] = 0
+    with pytest.raises(T.ConfigError, match="stage 1: iters must be a positive integer, got 0"):
+        T.TrainConfig.from_dict(cfg)
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(tiny_config()))
+    assert T.TrainConfig.from_file(path) == T.TrainConfig.from_dict(tiny_config())

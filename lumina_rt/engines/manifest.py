@@ -26,12 +26,12 @@ import datetime
 import hashlib
 import json
 import os
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from lumina_rt.errors import EngineError
+from lumina_rt.files import atomic_write
 
 FORMAT = "lumina-rt-engines"
 FORMAT_VERSION = 2
@@ -186,16 +186,7 @@ def write_manifest(engine_dir: str | os.PathLike, manifest: dict[str, Any]) -> P
     """Write manifest.json atomically (temporary file, then rename)."""
     d = Path(engine_dir)
     path = d / MANIFEST_FILE
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{MANIFEST_FILE}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(manifest, fh, indent=2, sort_keys=False)
-            fh.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
     return path
 
 

@@ -16,6 +16,7 @@ runtime can hand one in-memory copy to every session.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from lumina_rt.errors import EngineError
+from lumina_rt.files import atomic_path
 
 WEIGHTS_FILE = "weights.bin"
 ALIGN = 64
@@ -54,8 +56,8 @@ class WeightStoreWriter:
 
     def __post_init__(self) -> None:
         if self.stream_to is not None:
-            target = Path(self.stream_to)
-            self._tmp = target.with_name(f".{target.name}.tmp")
+            self._commit = contextlib.ExitStack()  # closed by write(): renames the temporary file into place
+            self._tmp = self._commit.enter_context(atomic_path(self.stream_to))
             self._fh = open(self._tmp, "wb")  # closed by write()
 
     def add(self, name: str, arr: np.ndarray, key: str | None = None) -> dict[str, Any]:
@@ -89,21 +91,21 @@ class WeightStoreWriter:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
-            path = Path(self.stream_to if path is None else path)
-            os.replace(self._tmp, path)
-            return path
+            self._commit.close()
+            target = Path(self.stream_to)
+            if path is not None and Path(path) != target:
+                target.replace(path)
+            return Path(path or target)
         if path is None:
             raise EngineError("WeightStoreWriter.write needs a path when it does not stream")
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as fh:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             pos = 0
             for offset, arr in sorted(self._blobs.values(), key=lambda item: item[0]):
                 assert arr is not None
                 fh.write(b"\0" * (offset - pos))
                 fh.write(arr.tobytes())
                 pos = offset + arr.nbytes
-        os.replace(tmp, path)
         return path
 
     def index(self) -> dict[str, Any]:

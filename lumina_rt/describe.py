@@ -1,4 +1,4 @@
-"""Describe a preset or checkpoint without allocating its weights (meta device)."""
+"""Describe a model size or checkpoint without allocating its weights (meta device)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from lumina_rt.config import PRESETS, ModelConfig
+from lumina_rt.config import MODEL_SIZES, ModelConfig
 from lumina_rt.errors import ConfigError
 from lumina_rt.model import MultiScaleNextDiT
 
@@ -33,12 +33,14 @@ def describe(config: ModelConfig) -> dict[str, Any]:
     }
 
 
-def inspect_target(target: str) -> dict[str, Any]:
-    """A preset name or a checkpoint directory (either layout)."""
+def describe_target(target: str) -> dict[str, Any]:
+    """`describe` of a model size name or a checkpoint directory (either layout)."""
     if Path(target).is_dir():
         from lumina_rt.checkpoint import load_config
 
         return describe(load_config(target))
-    if target in PRESETS:
+    if target in MODEL_SIZES:
         return describe(ModelConfig.from_name(target))
-    raise ConfigError(f"{target!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor a checkpoint directory")
+    raise ConfigError(
+        f"{target!r} is neither a model size ({', '.join(sorted(MODEL_SIZES))}) nor a checkpoint directory"
+    )

@@ -1,0 +1,72 @@
+"""`lumina-rt` command line: one entry point, one module per subcommand.
+
+`COMMANDS` is the whole table. Each module named there exposes `add(parser) -> run`: `add` declares the
+subcommand's flags and returns `run(args) -> exit code`. The library never imports this package (nor argparse);
+`python -m lumina_rt` and the `lumina-rt` console script both run `main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Callable
+
+from lumina_rt.errors import LuminaError
+
+Runner = Callable[[argparse.Namespace], int]
+
+# name -> (help, module with `add(parser) -> run`), in the order `lumina-rt --help` lists them.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "parity": ("compare a backend with a parity fixture made by the released code", "lumina_rt.cli.parity"),
+    "inspect": (
+        "print a model size's or checkpoint's config, parameter count and keys (no weights allocated)",
+        "lumina_rt.cli.describe",
+    ),
+    "build": (
+        "export, check and build the per-patch-size engines of a checkpoint into an engine directory",
+        "lumina_rt.cli.build",
+    ),
+    "generate": (
+        "generate a video with the engines of an engine directory (`lumina-rt build` makes one)",
+        "lumina_rt.cli.generate",
+    ),
+    "train": (
+        "train a Multi-scale Next-DiT on the synthetic multi-source data (config: JSON or TOML)",
+        "lumina_rt.cli.train",
+    ),
+    "make-data": (
+        "write sample clips of the synthetic multi-source data (GIFs + captions.json)",
+        "lumina_rt.cli.make_data",
+    ),
+    "eval": (
+        "generate held-out prompts with a model and score colour / direction / speed adherence",
+        "lumina_rt.cli.eval",
+    ),
+    "generate-reference": (
+        "generate a video with a checkpoint's reference torch model (no engines needed)",
+        "lumina_rt.cli.generate_reference",
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lumina-rt", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, module) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        sp.set_defaults(_run=importlib.import_module(module).add(sp))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        return int(args._run(args) or 0)
+    except LuminaError as exc:
+        print(f"lumina-rt {args.command}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,96 @@
+"""`lumina-rt generate`: a video from the engines of an engine directory (or the built-in model's)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from lumina_rt.cli import Runner
+
+
+def _time_aware(text: str | None):
+    """A number, a patch combo, or JSON for a time-aware value ('["2x4", [0.1, "2x2"]]')."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def add(p: argparse.ArgumentParser) -> Runner:
+    from lumina_rt.engines import BACKENDS
+
+    p.add_argument("engine_dir", nargs="?", default=None, help="engine directory (manifest.json)")
+    p.add_argument("--builtin", action="store_true", help="use the built-in model (engines built on first use)")
+    p.add_argument("--prompt", action="append", default=None, help="prompt (repeat for a batch)")
+    p.add_argument("--negative-prompt", default="", help='negative prompt for guidance (default "")')
+    p.add_argument(
+        "--caption-features",
+        default=None,
+        help="safetensors with cap_feats [B, L, D] (+ cap_mask, neg_cap_feats, neg_cap_mask) instead of a prompt",
+    )
+    p.add_argument("--out", default="video.mp4", help="output video, .mp4 or .gif (default video.mp4)")
+    p.add_argument("--frames", type=int, default=None, help="frames (default: the largest served shape)")
+    p.add_argument("--height", type=int, default=None, help="height in pixels")
+    p.add_argument("--width", type=int, default=None, help="width in pixels")
+    p.add_argument("--steps", type=int, default=None, help="sampling grid points (default: the preset's)")
+    p.add_argument("--preset", default=None, help="named sample preset (default: the engine directory's)")
+    p.add_argument("--schedule", default=None, help='patch schedule: "1x2" or JSON ["2x4", [0.1, "2x2"], [0.3, "1x2"]]')
+    p.add_argument("--cfg", default=None, help="guidance scale (number or time-aware JSON)")
+    p.add_argument("--motion", default=None, help="motion score (number or time-aware JSON; negative: none)")
+    p.add_argument("--neg-motion", default=None, help="negative-branch motion score")
+    p.add_argument("--seed", type=int, default=0, help="noise seed")
+    p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS], help="engine backend")
+    p.add_argument("--fps", type=int, default=8, help="frames per second of the video")
+    p.add_argument("--scale", type=int, default=1, help="nearest-neighbour upscale factor for small videos")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return run
+
+
+def run(args: argparse.Namespace) -> int:
+    from lumina_rt.builtin_parts import BUILTIN_DEFAULT_SIZE, builtin_engines
+    from lumina_rt.errors import InputError
+    from lumina_rt.runtime import Runtime
+
+    if args.builtin == (args.engine_dir is not None):
+        raise InputError("give an engine directory or --builtin (one of the two)")
+    engine_dir = builtin_engines() if args.builtin else Path(args.engine_dir)
+    runtime = Runtime(engine_dir, backend=args.backend)
+    if args.builtin:
+        f, h, w = BUILTIN_DEFAULT_SIZE
+        args.frames, args.height, args.width = args.frames or f, args.height or h, args.width or w
+    features = {}
+    if args.caption_features:
+        from safetensors.torch import load_file
+
+        features = load_file(args.caption_features)
+        if "cap_feats" not in features:
+            raise InputError(f"{args.caption_features!r} has no 'cap_feats' tensor")
+    result = runtime.generate(
+        None if features else (args.prompt or [""]),
+        negative_prompt=args.negative_prompt,
+        cap_feats=features.get("cap_feats"),
+        cap_mask=features.get("cap_mask"),
+        neg_cap_feats=features.get("neg_cap_feats"),
+        neg_cap_mask=features.get("neg_cap_mask"),
+        frames=args.frames,
+        height=args.height,
+        width=args.width,
+        steps=args.steps,
+        preset=args.preset,
+        schedule=_time_aware(args.schedule),
+        cfg=_time_aware(args.cfg),
+        motion=_time_aware(args.motion),
+        neg_motion=_time_aware(args.neg_motion),
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    path = result.save(args.out, fps=args.fps, scale=args.scale)
+    kind = "frames" if result.frames is not None else "latent preview (no decoder in the engine directory)"
+    print(
+        f"wrote {path} ({kind}, {tuple(result.latents.shape)} latents, {result.config.step}-point time grid, "
+        f"{len(result.steps)} model evaluations, backend {result.backend}, {result.seconds:.1f} s)"
+    )
+    return 0

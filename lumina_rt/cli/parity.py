@@ -1,0 +1,61 @@
+"""`lumina-rt parity FIXTURE`: compare a kernel backend, or built engines, with a parity fixture."""
+
+from __future__ import annotations
+
+import argparse
+
+from lumina_rt.cli import Runner
+
+
+def add(p: argparse.ArgumentParser) -> Runner:
+    from lumina_rt.ops import BACKENDS
+    from lumina_rt.tolerances import TOLERANCE
+
+    p.add_argument("fixture", help="fixture .safetensors (format: shared/fixtures/README.md)")
+    p.add_argument(
+        "--backend", default="torch", choices=[b for b in BACKENDS if b != "auto"], help="kernel backend of the model"
+    )
+    p.add_argument("--engine-dir", default=None, help="check built engines in this directory instead of the model")
+    p.add_argument("--tolerance", type=float, default=TOLERANCE, help="max relative error per case (default 1e-5)")
+    p.add_argument("--json", action="store_true", help="print results as JSON")
+    return run
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from lumina_rt import ops
+    from lumina_rt.model import MultiScaleNextDiT
+    from lumina_rt.parity import ModelParityTarget, load_fixture, results_to_json, run_parity
+
+    fixture = load_fixture(args.fixture)
+    if args.engine_dir is not None:
+        from lumina_rt.runtime import Runtime
+
+        runtime = Runtime(args.engine_dir)
+        runtime.check_config(fixture.config)
+        target = runtime.parity_target()
+        label = f"engines:{runtime.backend_name}"
+    else:
+        ops.set_backend(args.backend)
+        model = MultiScaleNextDiT(fixture.config).eval()
+        model.load_state_dict(fixture.state_dict, strict=True)
+        target = ModelParityTarget(model)
+        label = args.backend
+
+    def show(r):
+        if not args.json:
+            print(f"{'PASS' if r.passed else 'FAIL'}  {r.rel_err:.3e}  {r.kind:<22} {r.case}", flush=True)
+
+    with torch.no_grad():
+        results = run_parity(fixture, target, args.tolerance, on_result=show)
+    ok = all(r.passed for r in results)
+    if args.json:
+        print(results_to_json(fixture, label, results, args.tolerance))
+    else:
+        worst = max(r.rel_err for r in results)
+        print(
+            f"{'passed' if ok else 'FAILED'}: {sum(r.passed for r in results)}/{len(results)} cases "
+            f"within {args.tolerance:g} (max rel err {worst:.3e}, backend {label})"
+        )
+    return 0 if ok else 1

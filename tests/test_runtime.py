@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -49,7 +50,7 @@ def test_parity_command_with_engine_dir(public):
     res = subprocess.run(
         [*CLI, "parity", str(fixture_path("public")), "--engine-dir", str(eng),
          "--json"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, env={**os.environ, "LUMINA_RT_ENGINE_BACKEND": "onnxruntime"},
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     report = json.loads(res.stdout)

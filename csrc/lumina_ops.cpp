@@ -7,11 +7,12 @@
 //
 // Instruction sets: the file is built for the compiler's baseline target (setup.py passes no -m flags, so one wheel
 // runs on any x86-64 or aarch64 CPU). On x86-64 the row kernels of rmsnorm_modulate, gated_residual,
-// layernorm_modulate and rope_qk (and the converters, which `convert` exposes to tests) also exist for AVX-512 (F, BW,
-// VL) and for AVX2 (+ FMA, F16C), each compiled for its target with `#pragma GCC target`; each op picks one at run
-// time: the best one CPUID reports, unless `set_isa()` (or LUMINA_RT_CPU_ISA, read by kernels/cpu.py) says otherwise.
-// rope_qk_layernorm, patchify and unpatchify have only the portable version (auto-vectorised loops and GCC vector
-// extensions). Other architectures get the portable versions of everything.
+// layernorm_modulate and rope_qk (and the converters, which `convert` exposes to tests) also exist as explicit
+// AVX-512 (F, BW, VL) and AVX2 (+ FMA, F16C) code, and patchify / unpatchify have their portable code compiled for
+// those targets too; each is compiled for its target with `#pragma GCC target`, and each op picks one at run time:
+// the best one CPUID reports, unless `set_isa()` (or LUMINA_RT_CPU_ISA, read by kernels/cpu.py) says otherwise.
+// rope_qk_layernorm has only the portable version (auto-vectorised at the baseline). Other architectures get the
+// portable versions of everything.
 
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -949,39 +950,124 @@ inline void store8(U* p, const typename Vec8<U>::type& v) {
   std::memcpy(p, &v, sizeof(v));
 }
 
+// One call's sizes and strides in elements, shared by its work items.
+struct PatchPlan {
+  int64_t C, W, pf, ph, pw;
+  int64_t C8, W8;   // channels and widths covered by 8 x 8 tiles
+  int64_t off[8];   // offsets of the 8 token-tensor rows of a tile
+  int64_t sc, sw;   // patchify: latent strides of c and w
+  int64_t sf, sh;   // patchify: latent strides of f (0: an image repeated over pf frames) and h
+  int64_t P;        // patchify: features per token
+  int64_t stn;      // unpatchify: token stride
+  int64_t dc, dfh;  // unpatchify: output strides of a channel and a frame (H * W)
+};
+
+namespace portable {
+
+// Patchify work item: src = the latent at (b, fi * pf, hi * ph), dst = its row of Wt tokens.
+template <class U>
+void patchify_item(const PatchPlan& p, const U* __restrict src, U* __restrict dst) {
+  for (int64_t ipf = 0; ipf < p.pf; ++ipf)
+    for (int64_t iph = 0; iph < p.ph; ++iph) {
+      const U* __restrict s = src + ipf * p.sf + iph * p.sh;  // + c * sc + w * sw
+      U* __restrict d = dst + (ipf * p.ph + iph) * p.pw * p.C;  // + (w / pw) * P + (w % pw) * C + c
+      for (int64_t c0 = 0; c0 < p.C8; c0 += 8) {
+        for (int64_t w0 = 0; w0 < p.W8; w0 += 8) {
+          typename Vec8<U>::type r[8];
+          for (int i = 0; i < 8; ++i) r[i] = load8(s + (c0 + i) * p.sc + w0);
+          transpose8<U>(r);
+          U* __restrict t = d + (w0 / p.pw) * p.P + c0;
+          for (int j = 0; j < 8; ++j) store8(t + p.off[j], r[j]);
+        }
+        for (int64_t w = p.W8; w < p.W; ++w)
+          for (int64_t c = c0; c < c0 + 8; ++c) d[(w / p.pw) * p.P + (w % p.pw) * p.C + c] = s[c * p.sc + w];
+      }
+      for (int64_t c = p.C8; c < p.C; ++c)
+        for (int64_t w = 0; w < p.W; ++w) d[(w / p.pw) * p.P + (w % p.pw) * p.C + c] = s[c * p.sc + w * p.sw];
+    }
+}
+
+// Unpatchify work item: src = a row of Wt tokens, dst = the output at (b, 0, fi * pf, hi * ph, 0); only the first
+// `keep` of the pf computed frames are written (an image keeps frame 0).
+template <class U>
+void unpatchify_item(const PatchPlan& p, const U* __restrict src, U* __restrict dst, int64_t keep) {
+  for (int64_t ipf = 0; ipf < std::min(p.pf, keep); ++ipf)
+    for (int64_t iph = 0; iph < p.ph; ++iph) {
+      // s + (w / pw) * stn + (w % pw) * C + c  ->  d + c * dc + w
+      const U* __restrict s = src + (ipf * p.ph + iph) * p.pw * p.C;
+      U* __restrict d = dst + ipf * p.dfh + iph * p.W;
+      for (int64_t c0 = 0; c0 < p.C8; c0 += 8) {
+        for (int64_t w0 = 0; w0 < p.W8; w0 += 8) {
+          typename Vec8<U>::type r[8];
+          const U* __restrict s0 = s + (w0 / p.pw) * p.stn + c0;
+          for (int j = 0; j < 8; ++j) r[j] = load8(s0 + p.off[j]);
+          transpose8<U>(r);
+          for (int i = 0; i < 8; ++i) store8(d + (c0 + i) * p.dc + w0, r[i]);
+        }
+        for (int64_t c = c0; c < c0 + 8; ++c)
+          for (int64_t w = p.W8; w < p.W; ++w) d[c * p.dc + w] = s[(w / p.pw) * p.stn + (w % p.pw) * p.C + c];
+      }
+      for (int64_t c = p.C8; c < p.C; ++c)
+        for (int64_t w = 0; w < p.W; ++w) d[c * p.dc + w] = s[(w / p.pw) * p.stn + (w % p.pw) * p.C + c];
+    }
+}
+
+}  // namespace portable
+
+#if LUMINA_X86
+// The same work items compiled for AVX2 / AVX-512: `flatten` inlines the portable code (and its 8 x 8 tiles) into
+// a function of the wider target, whose shuffles then move 8 x 4-byte elements in one register (vpermt2d on AVX-512).
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+namespace avx2 {
+template <class U>
+__attribute__((flatten)) void patchify_item(const PatchPlan& p, const U* src, U* dst) {
+  portable::patchify_item(p, src, dst);
+}
+template <class U>
+__attribute__((flatten)) void unpatchify_item(const PatchPlan& p, const U* src, U* dst, int64_t keep) {
+  portable::unpatchify_item(p, src, dst, keep);
+}
+}  // namespace avx2
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl")
+namespace avx512 {
+template <class U>
+__attribute__((flatten)) void patchify_item(const PatchPlan& p, const U* src, U* dst) {
+  portable::patchify_item(p, src, dst);
+}
+template <class U>
+__attribute__((flatten)) void unpatchify_item(const PatchPlan& p, const U* src, U* dst, int64_t keep) {
+  portable::unpatchify_item(p, src, dst, keep);
+}
+}  // namespace avx512
+#pragma GCC pop_options
+
+#define LUMINA_PICK_MOVE(isa, fn, ...) \
+  pick(isa, portable::fn<__VA_ARGS__>, avx2::fn<__VA_ARGS__>, avx512::fn<__VA_ARGS__>, avx512::fn<__VA_ARGS__>)
+#else
+#define LUMINA_PICK_MOVE(isa, fn, ...) portable::fn<__VA_ARGS__>
+#endif
+
 template <class U>
 void patchify_impl(uintptr_t x_p, uintptr_t o_p, int64_t B, int64_t C, int64_t Fc, int64_t H, int64_t W, int64_t pf,
                    int64_t ph, int64_t pw, int64_t sb, int64_t sc, int64_t sf, int64_t sh, int64_t sw, int nt) {
   const U* x = ptr<const U>(x_p);
   U* out = ptr<U>(o_p);
   const int64_t Ft = Fc / pf, Ht = H / ph, Wt = W / pw, P = pf * ph * pw * C;
+  PatchPlan p{};
+  p.C = C, p.W = W, p.pf = pf, p.ph = ph, p.pw = pw, p.sc = sc, p.sw = sw, p.sf = sf, p.sh = sh, p.P = P;
   // 8 x 8 tiles need unit latent stride along W and pw | 8; then the 8 feature rows of a tile sit at off[j]
-  const int64_t C8 = (sw == 1 && 8 % pw == 0) ? C / 8 * 8 : 0, W8 = W / 8 * 8;
-  int64_t off[8];
-  for (int j = 0; j < 8; ++j) off[j] = (j / pw) * P + (j % pw) * C;
+  p.C8 = (sw == 1 && 8 % pw == 0) ? C / 8 * 8 : 0, p.W8 = W / 8 * 8;
+  for (int j = 0; j < 8; ++j) p.off[j] = (j / pw) * P + (j % pw) * C;
+  const auto item = LUMINA_PICK_MOVE(current_isa(), patchify_item, U);
 #pragma omp parallel for num_threads(nt) schedule(static) collapse(2)
   for (int64_t b = 0; b < B; ++b)
     for (int64_t fh = 0; fh < Ft * Ht; ++fh) {
       const int64_t fi = fh / Ht, hi = fh - fi * Ht;
-      U* __restrict ob = out + (b * Ft * Ht + fh) * Wt * P;
-      for (int64_t ipf = 0; ipf < pf; ++ipf)
-        for (int64_t iph = 0; iph < ph; ++iph) {
-          const U* __restrict src = x + b * sb + (fi * pf + ipf) * sf + (hi * ph + iph) * sh;  // + c * sc + w * sw
-          U* __restrict dst = ob + (ipf * ph + iph) * pw * C;  // + (w / pw) * P + (w % pw) * C + c
-          for (int64_t c0 = 0; c0 < C8; c0 += 8) {
-            for (int64_t w0 = 0; w0 < W8; w0 += 8) {
-              typename Vec8<U>::type r[8];
-              for (int i = 0; i < 8; ++i) r[i] = load8(src + (c0 + i) * sc + w0);
-              transpose8<U>(r);
-              U* __restrict d = dst + (w0 / pw) * P + c0;
-              for (int j = 0; j < 8; ++j) store8(d + off[j], r[j]);
-            }
-            for (int64_t w = W8; w < W; ++w)
-              for (int64_t c = c0; c < c0 + 8; ++c) dst[(w / pw) * P + (w % pw) * C + c] = src[c * sc + w];
-          }
-          for (int64_t c = C8; c < C; ++c)
-            for (int64_t w = 0; w < W; ++w) dst[(w / pw) * P + (w % pw) * C + c] = src[c * sc + w * sw];
-        }
+      item(p, x + b * sb + fi * pf * sf + hi * ph * sh, out + (b * Ft * Ht + fh) * Wt * P);
     }
 }
 
@@ -991,36 +1077,16 @@ void unpatchify_impl(uintptr_t t_p, uintptr_t o_p, int64_t B, int64_t C, int64_t
   const U* tok = ptr<const U>(t_p);
   U* out = ptr<U>(o_p);
   const int64_t Ft = Fc / pf, Ht = H / ph, Wt = W / pw;
-  const int64_t C8 = 8 % pw == 0 ? C / 8 * 8 : 0, W8 = W / 8 * 8;
-  int64_t off[8];
-  for (int j = 0; j < 8; ++j) off[j] = (j / pw) * stn + (j % pw) * C;
+  PatchPlan p{};
+  p.C = C, p.W = W, p.pf = pf, p.ph = ph, p.pw = pw, p.stn = stn, p.dc = frames * H * W, p.dfh = H * W;
+  p.C8 = 8 % pw == 0 ? C / 8 * 8 : 0, p.W8 = W / 8 * 8;
+  for (int j = 0; j < 8; ++j) p.off[j] = (j / pw) * stn + (j % pw) * C;
+  const auto item = LUMINA_PICK_MOVE(current_isa(), unpatchify_item, U);
 #pragma omp parallel for num_threads(nt) schedule(static) collapse(2)
   for (int64_t b = 0; b < B; ++b)
     for (int64_t fh = 0; fh < Ft * Ht; ++fh) {
       const int64_t fi = fh / Ht, hi = fh - fi * Ht;
-      for (int64_t ipf = 0; ipf < pf; ++ipf) {
-        const int64_t f = fi * pf + ipf;
-        if (f >= frames) break;  // an image keeps frame 0 of the pf computed frames
-        for (int64_t iph = 0; iph < ph; ++iph) {
-          // src + (w / pw) * stn + (w % pw) * C + c  ->  dst + c * frames * H * W + w
-          const U* __restrict src = tok + b * stb + fh * Wt * stn + (ipf * ph + iph) * pw * C;
-          U* __restrict dst = out + ((b * C * frames + f) * H + hi * ph + iph) * W;
-          const int64_t dc = frames * H * W;
-          for (int64_t c0 = 0; c0 < C8; c0 += 8) {
-            for (int64_t w0 = 0; w0 < W8; w0 += 8) {
-              typename Vec8<U>::type r[8];
-              const U* __restrict s0 = src + (w0 / pw) * stn + c0;
-              for (int j = 0; j < 8; ++j) r[j] = load8(s0 + off[j]);
-              transpose8<U>(r);
-              for (int i = 0; i < 8; ++i) store8(dst + (c0 + i) * dc + w0, r[i]);
-            }
-            for (int64_t c = c0; c < c0 + 8; ++c)
-              for (int64_t w = W8; w < W; ++w) dst[c * dc + w] = src[(w / pw) * stn + (w % pw) * C + c];
-          }
-          for (int64_t c = C8; c < C; ++c)
-            for (int64_t w = 0; w < W; ++w) dst[c * dc + w] = src[(w / pw) * stn + (w % pw) * C + c];
-        }
-      }
+      item(p, tok + b * stb + fh * Wt * stn, out + ((b * C * frames + fi * pf) * H + hi * ph) * W, frames - fi * pf);
     }
 }
 

@@ -19,6 +19,7 @@ from lumina_rt import ops
 from lumina_rt.errors import ConfigError
 from lumina_rt.kernels import modulate, rope
 from tests import test_kernel_modulate as tmod
+from tests import test_kernel_patchify as tpatch
 from tests import test_kernel_rope as trope
 from tests._kernels import DTYPES, check_rule, gen, load_impl
 
@@ -173,8 +174,8 @@ def test_streaming_stores(isa, C, cpu, dtype):
         assert_near_portable(C, out, run, f"{name} {isa}")
 
 
-def test_portable_only_ops(isa, cpu):
-    """rope_qk_layernorm, patchify and unpatchify have one implementation; they run under every ISA setting."""
+def test_rope_qk_layernorm(isa, cpu):
+    """One (portable) implementation, whatever the ISA setting."""
     q, k, cos, sin = trope._inputs((1, 5, 4, 2, 144), torch.bfloat16, True, 47, "cpu")
     params = trope._ln_params(4, 2, 144, gen(48), "cpu")
     qo, ko = cpu.rope_qk_layernorm(q, k, cos, sin, *params, EPS)
@@ -182,10 +183,17 @@ def test_portable_only_ops(isa, cpu):
     qt, kt = trope._ln_rope_torch(q, k, cos, sin, *params, EPS)
     check_rule(qo, qr, qt, 1e-2, "rope_qk_layernorm q")
     check_rule(ko, kr, kt, 1e-2, "rope_qk_layernorm k")
-    lat = torch.randn(2, 16, 4, 8, 24, generator=gen(49)).to(torch.bfloat16)
-    tokens = cpu.patchify(lat, 2, 2, 2)
-    assert torch.equal(tokens, ops._patchify_torch(lat, 2, 2, 2))
-    assert torch.equal(cpu.unpatchify(tokens, 4, 8, 24, 2, 2, 2), lat)
+
+
+@pytest.mark.parametrize("combo", tpatch.COMBOS, ids=lambda c: "-".join(map(str, c)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_patchify_unpatchify(isa, cpu, combo, dtype):
+    """Each ISA's build of the data movement equals PyTorch's bit for bit, round trip included."""
+    for shape in tpatch.SHAPES:
+        x = tpatch._latent(shape, dtype, 52, "cpu")
+        tokens = cpu.patchify(x, *combo)
+        assert torch.equal(tokens, ops._patchify_torch(x, *combo)), shape
+        assert torch.equal(cpu.unpatchify(tokens, *shape[2:], *combo), x), shape
 
 
 def convert(C, x: torch.Tensor, to: torch.dtype, isa: str, pad: int = 0) -> torch.Tensor:

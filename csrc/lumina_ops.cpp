@@ -8,11 +8,10 @@
 // Instruction sets: the file is built for the compiler's baseline target (setup.py passes no -m flags, so one wheel
 // runs on any x86-64 or aarch64 CPU). On x86-64 the row kernels of rmsnorm_modulate, gated_residual,
 // layernorm_modulate and rope_qk (and the converters, which `convert` exposes to tests) also exist as explicit
-// AVX-512 (F, BW, VL) and AVX2 (+ FMA, F16C) code, and patchify / unpatchify have their portable code compiled for
-// those targets too; each is compiled for its target with `#pragma GCC target`, and each op picks one at run time:
-// the best one CPUID reports, unless `set_isa()` (or LUMINA_RT_CPU_ISA, read by kernels/cpu.py) says otherwise.
-// rope_qk_layernorm has only the portable version (auto-vectorised at the baseline). Other architectures get the
-// portable versions of everything.
+// AVX-512 (F, BW, VL) and AVX2 (+ FMA, F16C) code; rope_qk_layernorm, patchify and unpatchify have no explicit vector
+// code, and their portable code is compiled for those two targets as well. Each version is compiled for its target
+// with `#pragma GCC target`, and each op picks one at run time: the best one CPUID reports, unless `set_isa()` (or
+// LUMINA_RT_CPU_ISA, read by kernels/cpu.py) says otherwise. Other architectures get the portable code only.
 
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -876,38 +875,32 @@ void rope_impl(uintptr_t x_p, uintptr_t o_p, const float* cos, const float* sin,
   }
 }
 
-// LayerNorm (affine, over the whole H*Dh row, rounded to T) then rotate.
+namespace portable {
+
+// LayerNorm (affine, over the whole H*Dh row of one token, rounded to T) then rotate each head.
 template <class T>
-void ln_rope_impl(uintptr_t x_p, uintptr_t o_p, const float* w, const float* bias, const float* cos, const float* sin,
-                  int64_t B, int64_t N, int64_t H, int64_t half, int64_t cos_bstride, float eps, int nt) {
-  const T* x = ptr<const T>(x_p);
-  T* o = ptr<T>(o_p);
-  const int64_t row = H * 2 * half;
-#pragma omp parallel for num_threads(nt) schedule(static)
-  for (int64_t t = 0; t < B * N; ++t) {
-    const int64_t b = t / N, n = t - b * N;
-    const float* __restrict c = cos + (b * cos_bstride + n) * half;
-    const float* __restrict s = sin + (b * cos_bstride + n) * half;
-    const T* __restrict xr = x + t * row;
-    T* __restrict orow = o + t * row;
-    float mean, var;
-    portable::mean_var(xr, row, mean, var);
-    const float rstd = 1.0f / std::sqrt(var + eps);
-    for (int64_t h = 0; h < H; ++h) {
-      const T* __restrict xh = xr + h * 2 * half;
-      const float* __restrict wh = w + h * 2 * half;
-      const float* __restrict bh = bias + h * 2 * half;
-      T* __restrict oh = orow + h * 2 * half;
+void ln_rope_token(const T* __restrict xr, T* __restrict orow, const float* __restrict w,
+                   const float* __restrict bias, const float* __restrict c, const float* __restrict s, int64_t H,
+                   int64_t half, float eps) {
+  float mean, var;
+  mean_var(xr, H * 2 * half, mean, var);
+  const float rstd = 1.0f / std::sqrt(var + eps);
+  for (int64_t h = 0; h < H; ++h) {
+    const T* __restrict xh = xr + h * 2 * half;
+    const float* __restrict wh = w + h * 2 * half;
+    const float* __restrict bh = bias + h * 2 * half;
+    T* __restrict oh = orow + h * 2 * half;
 #pragma omp simd
-      for (int64_t i = 0; i < half; ++i) {
-        const float a = round_to<T>((to_f32(xh[2 * i]) - mean) * rstd * wh[2 * i] + bh[2 * i]);
-        const float e = round_to<T>((to_f32(xh[2 * i + 1]) - mean) * rstd * wh[2 * i + 1] + bh[2 * i + 1]);
-        oh[2 * i] = from_f32<T>(a * c[i] - e * s[i]);
-        oh[2 * i + 1] = from_f32<T>(a * s[i] + e * c[i]);
-      }
+    for (int64_t i = 0; i < half; ++i) {
+      const float a = round_to<T>((to_f32(xh[2 * i]) - mean) * rstd * wh[2 * i] + bh[2 * i]);
+      const float e = round_to<T>((to_f32(xh[2 * i + 1]) - mean) * rstd * wh[2 * i + 1] + bh[2 * i + 1]);
+      oh[2 * i] = from_f32<T>(a * c[i] - e * s[i]);
+      oh[2 * i + 1] = from_f32<T>(a * s[i] + e * c[i]);
     }
   }
 }
+
+}  // namespace portable
 
 // ------------------------------------------------------------------------------------------------
 // Patchify / unpatchify: pure data movement, so instantiated per element size (U = uint32_t or uint16_t).
@@ -1014,12 +1007,21 @@ void unpatchify_item(const PatchPlan& p, const U* __restrict src, U* __restrict 
 
 }  // namespace portable
 
+// ------------------------------------------------------------------------------------------------
+// The portable per-token / per-item code above, also compiled for AVX2 and AVX-512: `flatten` inlines all of it into
+// a function of the wider target, where the auto-vectoriser uses the wider vectors and hardware fp16 conversions and
+// the 8 x 8 tiles move 8 x 4-byte elements in one register (vpermt2d on AVX-512).
+// ------------------------------------------------------------------------------------------------
+
 #if LUMINA_X86
-// The same work items compiled for AVX2 / AVX-512: `flatten` inlines the portable code (and its 8 x 8 tiles) into
-// a function of the wider target, whose shuffles then move 8 x 4-byte elements in one register (vpermt2d on AVX-512).
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
 namespace avx2 {
+template <class T>
+__attribute__((flatten)) void ln_rope_token(const T* xr, T* orow, const float* w, const float* bias, const float* c,
+                                            const float* s, int64_t H, int64_t half, float eps) {
+  portable::ln_rope_token(xr, orow, w, bias, c, s, H, half, eps);
+}
 template <class U>
 __attribute__((flatten)) void patchify_item(const PatchPlan& p, const U* src, U* dst) {
   portable::patchify_item(p, src, dst);
@@ -1034,6 +1036,11 @@ __attribute__((flatten)) void unpatchify_item(const PatchPlan& p, const U* src, 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl")
 namespace avx512 {
+template <class T>
+__attribute__((flatten)) void ln_rope_token(const T* xr, T* orow, const float* w, const float* bias, const float* c,
+                                            const float* s, int64_t H, int64_t half, float eps) {
+  portable::ln_rope_token(xr, orow, w, bias, c, s, H, half, eps);
+}
 template <class U>
 __attribute__((flatten)) void patchify_item(const PatchPlan& p, const U* src, U* dst) {
   portable::patchify_item(p, src, dst);
@@ -1045,11 +1052,26 @@ __attribute__((flatten)) void unpatchify_item(const PatchPlan& p, const U* src, 
 }  // namespace avx512
 #pragma GCC pop_options
 
-#define LUMINA_PICK_MOVE(isa, fn, ...) \
+#define LUMINA_PICK_FLAT(isa, fn, ...) \
   pick(isa, portable::fn<__VA_ARGS__>, avx2::fn<__VA_ARGS__>, avx512::fn<__VA_ARGS__>, avx512::fn<__VA_ARGS__>)
 #else
-#define LUMINA_PICK_MOVE(isa, fn, ...) portable::fn<__VA_ARGS__>
+#define LUMINA_PICK_FLAT(isa, fn, ...) portable::fn<__VA_ARGS__>
 #endif
+
+template <class T>
+void ln_rope_impl(uintptr_t x_p, uintptr_t o_p, const float* w, const float* bias, const float* cos, const float* sin,
+                  int64_t B, int64_t N, int64_t H, int64_t half, int64_t cos_bstride, float eps, int nt) {
+  const T* x = ptr<const T>(x_p);
+  T* o = ptr<T>(o_p);
+  const int64_t row = H * 2 * half;
+  const auto token = LUMINA_PICK_FLAT(current_isa(), ln_rope_token, T);
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t t = 0; t < B * N; ++t) {
+    const int64_t b = t / N, n = t - b * N;
+    token(x + t * row, o + t * row, w, bias, cos + (b * cos_bstride + n) * half, sin + (b * cos_bstride + n) * half, H,
+          half, eps);
+  }
+}
 
 template <class U>
 void patchify_impl(uintptr_t x_p, uintptr_t o_p, int64_t B, int64_t C, int64_t Fc, int64_t H, int64_t W, int64_t pf,
@@ -1062,7 +1084,7 @@ void patchify_impl(uintptr_t x_p, uintptr_t o_p, int64_t B, int64_t C, int64_t F
   // 8 x 8 tiles need unit latent stride along W and pw | 8; then the 8 feature rows of a tile sit at off[j]
   p.C8 = (sw == 1 && 8 % pw == 0) ? C / 8 * 8 : 0, p.W8 = W / 8 * 8;
   for (int j = 0; j < 8; ++j) p.off[j] = (j / pw) * P + (j % pw) * C;
-  const auto item = LUMINA_PICK_MOVE(current_isa(), patchify_item, U);
+  const auto item = LUMINA_PICK_FLAT(current_isa(), patchify_item, U);
 #pragma omp parallel for num_threads(nt) schedule(static) collapse(2)
   for (int64_t b = 0; b < B; ++b)
     for (int64_t fh = 0; fh < Ft * Ht; ++fh) {
@@ -1081,7 +1103,7 @@ void unpatchify_impl(uintptr_t t_p, uintptr_t o_p, int64_t B, int64_t C, int64_t
   p.C = C, p.W = W, p.pf = pf, p.ph = ph, p.pw = pw, p.stn = stn, p.dc = frames * H * W, p.dfh = H * W;
   p.C8 = 8 % pw == 0 ? C / 8 * 8 : 0, p.W8 = W / 8 * 8;
   for (int j = 0; j < 8; ++j) p.off[j] = (j / pw) * stn + (j % pw) * C;
-  const auto item = LUMINA_PICK_MOVE(current_isa(), unpatchify_item, U);
+  const auto item = LUMINA_PICK_FLAT(current_isa(), unpatchify_item, U);
 #pragma omp parallel for num_threads(nt) schedule(static) collapse(2)
   for (int64_t b = 0; b < B; ++b)
     for (int64_t fh = 0; fh < Ft * Ht; ++fh) {

@@ -175,7 +175,7 @@ def test_streaming_stores(isa, C, cpu, dtype):
 
 
 def test_rope_qk_layernorm(isa, cpu):
-    """One (portable) implementation, whatever the ISA setting."""
+    """The portable code compiled for each ISA against the float64 reference."""
     q, k, cos, sin = trope._inputs((1, 5, 4, 2, 144), torch.bfloat16, True, 47, "cpu")
     params = trope._ln_params(4, 2, 144, gen(48), "cpu")
     qo, ko = cpu.rope_qk_layernorm(q, k, cos, sin, *params, EPS)

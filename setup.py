@@ -15,9 +15,13 @@ ext_modules = []
 cmdclass = {}
 sources = sorted(glob.glob("csrc/*.cpp"))
 if Pybind11Extension is not None and sources and os.environ.get("LUMINA_RT_NO_CPP") != "1":
+    # Portable by default: the compiler's baseline target (x86-64 / aarch64), so the wheel runs on any CPU of the
+    # architecture; csrc/lumina_ops.cpp compiles its AVX2 / AVX-512 kernels per function and picks one from CPUID at
+    # run time. LUMINA_RT_MARCH_NATIVE=1 compiles everything for this CPU (the binary may then fail on another).
+    # LUMINA_RT_PORTABLE, the former opt-out of -march=native, is ignored: portable is the default now.
     compile_args = ["-O3", "-fopenmp", "-fno-math-errno"]
-    if os.environ.get("LUMINA_RT_PORTABLE") != "1":
-        compile_args.append("-march=native")
+    if os.environ.get("LUMINA_RT_MARCH_NATIVE") == "1":
+        compile_args += ["-march=native", "-DLUMINA_RT_MARCH_NATIVE"]
     ext_modules.append(
         Pybind11Extension(
             "lumina_rt._C",

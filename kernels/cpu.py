@@ -5,16 +5,19 @@ PyTorch's promoted dtype, as in `lumina_rt.ops`). Importing this module raises I
 built (`pip install .` builds it); `lumina_rt.ops` turns that into a BackendUnavailableError.
 Tensors cross into C++ as `data_ptr()` addresses with sizes and strides in elements; the wrappers make inputs
 contiguous where the C++ loops need it and allocate every output here. Threads: `torch.get_num_threads()`.
+Instruction set of the C++ row kernels: the best this CPU runs (`_C.supported_isas()[0]`: avx512, avx2 or portable),
+or the one named by the environment variable LUMINA_RT_CPU_ISA when this module is imported (`_C.set_isa` later).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import torch
 
 from lumina_rt import _C
-from lumina_rt.errors import InputError
+from lumina_rt.errors import ConfigError, InputError
 
 from ._common import (
     check_gated_residual,
@@ -29,6 +32,19 @@ from ._common import (
 )
 
 _CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+
+def _isa_from_env() -> None:
+    """Apply LUMINA_RT_CPU_ISA (portable | avx2 | avx512) when set; a value this CPU / build cannot run is an error."""
+    name = os.environ.get("LUMINA_RT_CPU_ISA", "")
+    if name:
+        try:
+            _C.set_isa(name)
+        except ValueError as exc:
+            raise ConfigError(f"LUMINA_RT_CPU_ISA={name!r}: {exc}") from None
+
+
+_isa_from_env()
 
 
 def _code(t: torch.Tensor | torch.dtype) -> int:

@@ -17,8 +17,9 @@ DTYPES = [
     pytest.param(torch.bfloat16, KERNEL_ATOL["bf16"], id="bf16"),
 ]
 
-# triton: the Triton kernels (interpreted on CPU); cpp: the C++ extension with its AVX-512 row kernels where built;
-# cpp-portable: the C++ extension with its portable (auto-vectorised) row kernels.
+# triton: the Triton kernels (interpreted on CPU); cpp: the C++ extension with the row kernels of its default ISA (the
+# best this CPU runs); cpp-portable: the C++ extension with its portable (auto-vectorised) row kernels.
+# tests/test_cpu_isa.py runs every ISA.
 IMPLS = ["triton", "cpp", "cpp-portable"]
 
 
@@ -44,10 +45,10 @@ def impl_name(request, monkeypatch):
         load_impl("cpp", "")  # fails with a clear message when the extension is not built
         from lumina_rt import _C
 
-        previous = _C.get_simd()
-        _C.set_simd(False)
+        previous = _C.isa()
+        _C.set_isa("portable")
         yield name
-        _C.set_simd(previous)
+        _C.set_isa(previous)
     else:
         yield name
 

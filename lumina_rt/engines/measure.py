@@ -82,6 +82,8 @@ def measure_backends(
             sets[name] = EngineSet(engine_dir, backend=name, scales=[], verify=False, manifest=manifest)
         except BackendUnavailableError as exc:
             skipped[name] = str(exc)
+    if not sets:
+        raise BackendUnavailableError(f"no engine backend can run these engines here, nothing to measure: {skipped}")
     gen = torch.Generator().manual_seed(0)
     scales: dict[str, list[dict[str, Any]]] = {}
     shapes: dict[str, dict[str, int]] = {}

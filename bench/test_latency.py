@@ -18,6 +18,7 @@ import report_rows
 import torch
 
 from lumina_rt import ops
+from lumina_rt.caching import StepCache
 from lumina_rt.config import ModelConfig
 from lumina_rt.flops import forward_flops, token_count, weight_bytes
 from lumina_rt.model import MultiScaleNextDiT
@@ -166,7 +167,7 @@ def test_bf16_over_fp32_summary():
     report_rows.SUMMARY["bf16_over_fp32"] = dict(value=bf16 / fp32, sizes=f"{SIZES}; torch eager, 1x2, batch 2")
 
 
-def _sample_ms(preset: str, velocity_fn) -> tuple[float, list[str]]:
+def _sample_ms(preset: str, velocity_fn, cache: str | None = None) -> tuple[float, list[str]]:
     cfg = _model().config
     sc = SampleConfig.from_name(preset).replace(step=E2E_STEPS)
     g = torch.Generator().manual_seed(0)
@@ -175,10 +176,12 @@ def _sample_ms(preset: str, velocity_fn) -> tuple[float, list[str]]:
     neg = Conditioning(torch.randn(1, 8, cfg.cap_feat_dim, generator=g), torch.ones(1, 8, dtype=torch.long))
     combos: list[str] = []
 
+    policy = StepCache.from_setting(cache)
+
     def run():
         combos.clear()
         with torch.no_grad():
-            return sample_euler(velocity_fn, z, pos, neg, sc, progress=False,
+            return sample_euler(velocity_fn, z, pos, neg, sc, progress=False, cache=policy and policy.start(),
                                 callback=lambda k, t, c: combos.append(c))  # fmt: skip
 
     return report_rows.median_ms(run, reps=2, warmup=0), list(combos)
@@ -200,4 +203,26 @@ def test_end_to_end_multiscale_vs_single(backend):
     key = "multiscale_over_single" if backend == "onnxruntime" else "multiscale_over_single_torch_eager"
     report_rows.SUMMARY[key] = dict(
         value=ratio, sizes=f"{SIZES}; {E2E_STEPS} Euler steps, {backend} fp32, released f24F96R960 schedules"
+    )
+
+
+def test_end_to_end_step_cache():
+    """End-to-end sampling with step caching ("safe") against uncached, single- and multi-scale, ONNX Runtime fp32."""
+    velocity_fn = _ort_runtime().velocity
+    times, evals = {}, {}
+    for preset in ("f24F96R960", "f24F96R960-MultiScale"):
+        for cache in (None, "safe"):
+            ms, combos = _sample_ms(preset, velocity_fn, cache)
+            times[preset, cache], evals[preset, cache] = ms, len(combos)
+            row = dict(preset=preset, cache=cache or "off", evaluations=len(combos), seconds=ms / 1e3)
+            report_rows.add("End-to-end sampling with step caching (onnxruntime fp32, CFG on)", row)
+    ratios = {p: times[p, "safe"] / times[p, None] for p in ("f24F96R960", "f24F96R960-MultiScale")}
+    report_rows.SUMMARY["cache_over_uncached"] = dict(
+        value=ratios["f24F96R960"], per_schedule=ratios,
+        evaluations={f"{p} {c or 'off'}": n for (p, c), n in evals.items()},
+        sizes=f"{SIZES}; {E2E_STEPS} Euler steps, onnxruntime fp32, cache 'safe'",
+    )  # fmt: skip
+    report_rows.SUMMARY["multiscale_cached_over_single_uncached"] = dict(
+        value=times["f24F96R960-MultiScale", "safe"] / times["f24F96R960", None],
+        sizes=f"{SIZES}; {E2E_STEPS} Euler steps, onnxruntime fp32",
     )

@@ -128,6 +128,32 @@ def score_videos(videos: torch.Tensor, prompts: list[EvalPrompt]) -> dict[str, A
     )
 
 
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB of each video of a against b ([N, 3, F, H, W] in [0, 1]); identical videos give inf."""
+    mse = (a.float() - b.float()).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(1.0 / mse)
+
+
+def _generate_schedule(
+    pipeline: Any, name: str, prompts: list[EvalPrompt], seeds: tuple[int, ...], batch: int,
+    steps: int | None, cfg: float | None, cache: Any,
+) -> tuple[torch.Tensor, int, float]:  # fmt: skip
+    """Videos of every seed and prompt with one schedule, the model evaluations they took, and the seconds."""
+    t0 = time.time()
+    videos, evaluations = [], 0
+    overrides = {k: v for k, v in (("steps", steps), ("cfg", cfg)) if v is not None}
+    for seed in seeds:
+        for i in range(0, len(prompts), batch):
+            chunk = prompts[i : i + batch]
+            res = pipeline.generate(
+                [p.prompt for p in chunk], frames=8, height=32, width=32, preset=name,
+                item_motion=[p.motion for p in chunk], seed=seed * 1000 + i, cache=cache, progress=False, **overrides,
+            )  # fmt: skip
+            videos.append(res.frames)
+            evaluations += res.evaluations
+    return torch.cat(videos), evaluations, time.time() - t0
+
+
 def evaluate_model(
     directory: str | Path | None = None,
     schedules: tuple[str, ...] = ("single_scale", "multi_scale"),
@@ -136,12 +162,22 @@ def evaluate_model(
     seeds: tuple[int, ...] = (0,),
     save_videos: str | Path | None = None,
     batch: int = 36,
+    cache: str | float | None = None,
 ) -> dict[str, Any]:
-    """Generate the held-out prompts with each schedule and score them; returns the report dict."""
-    from lumina_rt.builtin_parts import builtin_dir, generate_reference, sample_presets
+    """Generate the held-out prompts with each schedule and score them; returns the report dict.
+
+    With `cache` (a step-caching level or threshold, `lumina_rt.caching`) each schedule runs twice, uncached and
+    cached, on the same seeds: the scores are the cached videos', and `cache` in the report holds the uncached
+    scores, both evaluation counts and wall times, and the PSNR of the cached frames against the uncached ones.
+    """
+    from lumina_rt.builtin_parts import builtin_dir, sample_presets
+    from lumina_rt.caching import StepCache
+    from lumina_rt.pipeline import reference_pipeline
     from lumina_rt.video import write_video
 
     directory = Path(builtin_dir() if directory is None else directory)
+    policy = StepCache.from_setting(cache)
+    pipeline = reference_pipeline(str(directory.resolve()))
     prompts = eval_prompts()
     report: dict[str, Any] = {
         "model": str(directory),
@@ -150,33 +186,33 @@ def evaluate_model(
         "schedules": {},
     }
     presets = sample_presets(directory)
+    metas = [p for _ in seeds for p in prompts]
     for name in schedules:
-        t0 = time.time()
-        videos, metas = [], []
-        for seed in seeds:
-            for i in range(0, len(prompts), batch):
-                chunk = prompts[i : i + batch]
-                videos.append(
-                    generate_reference(
-                        [p.prompt for p in chunk],
-                        steps=steps,
-                        sample=name,
-                        cfg=cfg,
-                        motion=[p.motion for p in chunk],
-                        seed=seed * 1000 + i,
-                        directory=directory,
-                    )
-                )
-                metas.extend(chunk)
-        all_videos = torch.cat(videos)
+        all_videos, evaluations, seconds = _generate_schedule(pipeline, name, prompts, seeds, batch, steps, cfg, None)
         result = score_videos(all_videos, metas)
+        if policy is not None:
+            plain = {k: result[k] for k in ("colour_adherence", "direction_adherence", "speed_word_adherence",
+                                            "spearman_motion")}  # fmt: skip
+            cached, cached_evals, cached_s = _generate_schedule(
+                pipeline, name, prompts, seeds, batch, steps, cfg, policy
+            )
+            db = psnr(cached, all_videos)
+            result = score_videos(cached, metas)
+            result["cache"] = {
+                "policy": policy.name, "threshold": policy.threshold, "evaluations": cached_evals,
+                "uncached_evaluations": evaluations, "reduction": round(evaluations / cached_evals, 3),
+                "seconds": round(cached_s, 1), "uncached_seconds": round(seconds, 1),
+                "psnr_mean_db": round(float(db.clamp(max=99).mean()), 2),
+                "psnr_min_db": round(float(db.clamp(max=99).min()), 2), "uncached": plain,
+            }  # fmt: skip
+            all_videos, seconds = cached, cached_s
         config = dict(presets[name])
         if steps is not None:
             config["step"] = steps
         if cfg is not None:
             config["cfg"] = cfg
         result["sample_config"] = config
-        result["seconds"] = round(time.time() - t0, 1)
+        result["seconds"] = round(seconds, 1)
         report["schedules"][name] = result
         if save_videos is not None:
             for k, (video, p) in enumerate(zip(all_videos[:12], metas[:12])):
@@ -205,4 +241,14 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         per = r.get("by_speed", {})
         cells = [f"{per[s]['direction_adherence']:.1f}" for s in C.SPEEDS if s in per]
         lines.append(f"  {name:<12} " + " / ".join(cells))
+    for name, r in report["schedules"].items():
+        c = r.get("cache")
+        if c:
+            u = c["uncached"]
+            lines.append(
+                f"cache {c['policy']} on {name}: {c['evaluations']} / {c['uncached_evaluations']} model evaluations "
+                f"({c['reduction']:.2f}x fewer), {c['seconds']:.0f} / {c['uncached_seconds']:.0f} s, PSNR vs uncached "
+                f"{c['psnr_mean_db']:.1f} dB (min {c['psnr_min_db']:.1f}); uncached colour {u['colour_adherence']:.1f} "
+                f"direction {u['direction_adherence']:.1f} spearman {u['spearman_motion']:.3f}"
+            )
     return lines

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from lumina_rt import components
+from lumina_rt.caching import StepCache
 from lumina_rt.components import Decoder, LatentSpec, TextEncoder
 from lumina_rt.errors import InputError, ScheduleError, TextEncoderError
 from lumina_rt.sampling import SAMPLE_PRESETS, Conditioning, SampleConfig, TimeAware, VelocityFn, sample_euler
@@ -46,7 +47,13 @@ class GenerationResult:
     seed: int
     backend: str
     seconds: float
-    steps: list[str] = field(default_factory=list)  # patch combo of each model evaluation (grid points - 1)
+    steps: list[str] = field(default_factory=list)  # patch combo of each model evaluation
+    cache: dict[str, Any] | None = None  # with step caching: evaluations and reused steps per scale
+
+    @property
+    def evaluations(self) -> int:
+        """How many times the model ran (grid points - 1 without caching)."""
+        return len(self.steps)
 
     @property
     def video(self) -> torch.Tensor:
@@ -239,6 +246,7 @@ class Pipeline:
         renorm: float | None = None,
         seed: int = 0,
         noise: torch.Tensor | None = None,
+        cache: str | float | StepCache | None = None,
         progress: bool = True,
         decode: bool = True,
     ) -> GenerationResult:
@@ -248,9 +256,11 @@ class Pipeline:
         `schedule` is a time-aware patch combo (`"1x2"` or `["2x4", [0.1, "2x2"], [0.3, "1x2"]]`); `cfg`, `motion`,
         `neg_motion` are time-aware too; `item_motion` gives one motion score per prompt instead (the schedule's
         unconditioned spans stay unconditioned). Guidance (cfg > 0) runs the negative condition (`negative_prompt`,
-        default "", or `neg_cap_feats`) in the same batch. Sizes default to the largest served shape.
+        default "", or `neg_cap_feats`) in the same batch. Sizes default to the largest served shape. `cache`: step
+        caching (`lumina_rt.caching`: "off", "safe", "fast" or a threshold); the result says what it skipped.
         """
         start = time.perf_counter()
+        policy = StepCache.from_setting(cache)
         config = self.sample_config(preset, steps, schedule, cfg, motion, neg_motion, time_shift, renorm)
         if cap_feats is not None:
             if prompt is not None:
@@ -307,6 +317,7 @@ class Pipeline:
             self.check_request(grid, config.combos(), rows, int(caption), asked + (" with guidance" if neg else ""))
 
         used: list[str] = []
+        run = policy.start() if policy is not None else None
         latents = sample_euler(
             self.velocity,
             z,
@@ -317,6 +328,7 @@ class Pipeline:
             callback=lambda k, t, combo: used.append(combo),
             patch_combos=self.patch_combos,
             item_motion=per_item,
+            cache=run,
         )
         video = None
         if decode:
@@ -331,6 +343,7 @@ class Pipeline:
             backend=self.backend,
             seconds=time.perf_counter() - start,
             steps=used,
+            cache=None if run is None else run.summary(),
         )
 
 

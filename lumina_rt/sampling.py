@@ -13,12 +13,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
 
 from lumina_rt.config import parse_patch_combo
+
+if TYPE_CHECKING:
+    from lumina_rt.caching import CacheRun
 from lumina_rt.errors import ConfigError, InputError, ScheduleError
 
 logger = logging.getLogger(__name__)
@@ -276,6 +279,11 @@ def guided_velocity(
     return velocity_fn(x, t_vec, pos.cap_feats, pos.cap_mask, m_vec, combo).float()
 
 
+def segment_key(config: SampleConfig, t: float) -> tuple[Scalar, ...]:
+    """What must stay the same for velocities at different t to be comparable: patch combo, guidance, motion."""
+    return tuple(time_aware_value(getattr(config, f), t, f) for f in ("P", "cfg", "motion", "negMotion"))
+
+
 def sample_euler(
     velocity_fn: VelocityFn,
     z: torch.Tensor,
@@ -287,12 +295,15 @@ def sample_euler(
     callback: Callable[[int, float, str], None] | None = None,
     patch_combos: Sequence[str] | None = None,
     item_motion: torch.Tensor | None = None,
+    cache: CacheRun | None = None,
 ) -> torch.Tensor:
     """Euler flow-matching sampling from noise z [B, C, F, H, W] on the shifted grid.
 
     Returns the final sample, or with `return_trajectory` the states at every grid point [steps, B, ...].
     `callback(step, t, combo)` is called before each velocity evaluation. With `patch_combos` (the model's),
     a schedule naming another patch size is refused before any work. `item_motion`: see `guided_velocity`.
+    `cache` (`lumina_rt.caching`): predict some steps' velocities instead of evaluating the model; `callback` then
+    runs only before the evaluations. Without it every step evaluates the model.
     """
     config.validate(patch_combos)
     if not bool(torch.isfinite(z).all()):
@@ -304,10 +315,15 @@ def sample_euler(
     for k in bar:
         t0, t1 = grid[k], grid[k + 1]
         combo = str(time_aware_value(config.P, t0, "P"))
-        if callback is not None:
-            callback(k, t0, combo)
         bar.set_postfix(t=f"{t0:.3f}", P=combo, refresh=False)
-        v = guided_velocity(velocity_fn, x.to(z.dtype), t0, pos, neg, config, item_motion)
+        if cache is not None and not cache.evaluate(k, t0, combo, segment_key(config, t0), k == len(grid) - 2):
+            v = cache.predict(t0)
+        else:
+            if callback is not None:
+                callback(k, t0, combo)
+            v = guided_velocity(velocity_fn, x.to(z.dtype), t0, pos, neg, config, item_motion)
+            if cache is not None:
+                cache.record(t0, v)
         x = x + (t1 - t0) * v
         if states is not None:
             states.append(x)

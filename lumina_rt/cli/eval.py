@@ -18,6 +18,11 @@ def add(p: argparse.ArgumentParser) -> Runner:
     p.add_argument("--out", default=None, help="write the full report (with per-sample rows) as JSON here")
     p.add_argument("--save-videos", default=None, help="write the first 12 videos of each schedule as GIFs here")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument(
+        "--cache",
+        default=None,
+        help="step caching: off / safe / fast or a threshold; runs each schedule uncached and cached and compares",
+    )
     return run
 
 
@@ -34,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
         args.cfg,
         tuple(int(s) for s in args.seeds.split(",")),
         args.save_videos,
+        cache=args.cache,
     )
     for line in summary_lines(report):
         print(line)

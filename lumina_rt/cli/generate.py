@@ -44,7 +44,12 @@ def add(p: argparse.ArgumentParser) -> Runner:
     p.add_argument("--seed", type=int, default=0, help="noise seed")
     p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS], help="engine backend")
     p.add_argument("--fps", type=int, default=8, help="frames per second of the video")
-    p.add_argument("--scale", type=int, default=1, help="nearest-neighbour upscale factor for small videos")
+    p.add_argument(
+        "--scale", type=int, default=None, help="nearest-neighbour upscale factor (default 4 with --builtin, else 1)"
+    )
+    p.add_argument(
+        "--cache", default=None, help="step caching: off (default), safe, fast, or a threshold (docs/caching.md)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return run
 
@@ -85,12 +90,18 @@ def run(args: argparse.Namespace) -> int:
         motion=_time_aware(args.motion),
         neg_motion=_time_aware(args.neg_motion),
         seed=args.seed,
+        cache=args.cache,
         progress=not args.no_progress,
     )
-    path = result.save(args.out, fps=args.fps, scale=args.scale)
+    scale = args.scale if args.scale is not None else (4 if args.builtin else 1)
+    path = result.save(args.out, fps=args.fps, scale=scale)
     kind = "frames" if result.frames is not None else "latent preview (no decoder in the engine directory)"
     print(
         f"wrote {path} ({kind}, {tuple(result.latents.shape)} latents, {result.config.step}-point time grid, "
-        f"{len(result.steps)} model evaluations, backend {result.backend}, {result.seconds:.1f} s)"
+        f"{result.evaluations} model evaluations, backend {result.backend}, {result.seconds:.1f} s)"
     )
+    if result.cache is not None:
+        scales = result.cache["per_scale"].items()
+        per = ", ".join(f"{c} {s['evaluated']} run / {s['reused']} reused" for c, s in scales)
+        print(f"step cache {result.cache['policy']}: {per}")
     return 0

@@ -390,13 +390,7 @@ def components_stage(b: _Build, comps: dict[str, Any], previous: dict[str, Any] 
     referenced = [str(p) for p in components.named_paths(comps) if p.is_absolute()]
 
     def run() -> dict[str, Any]:
-        for rel in files:
-            src, dst = b.checkpoint / rel, b.out / rel
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            if src.is_dir():
-                shutil.copytree(src, dst, dirs_exist_ok=True)
-            else:
-                shutil.copy2(src, dst)
+        components.copy_components(b.checkpoint, b.out)  # the checkpoint's own components.json and relative files
         atomic_write(b.out / components.COMPONENTS_FILE, json.dumps(comps, indent=2) + "\n")
         what = [components.COMPONENTS_FILE, *files] + [f"referenced {r}" for r in referenced]
         return {"note": f"wrote {', '.join(what)}", "files": [components.COMPONENTS_FILE, *files],

@@ -102,9 +102,11 @@ def check_kernels(report: dict) -> bool:
 
 def time_2b(report: dict, steps: int) -> None:
     import torch
+    from torch.nn.attention import sdpa_kernel
 
     from lumina_rt import ops
     from lumina_rt.config import ModelConfig
+    from lumina_rt.engines.torch_engine import placement
     from lumina_rt.flops import forward_flops, token_count
     from lumina_rt.model import MultiScaleNextDiT
     from lumina_rt.sampling import SampleConfig, time_aware_value, time_grid
@@ -114,9 +116,12 @@ def time_2b(report: dict, steps: int) -> None:
     cap_len = 128
     bf16_peak = matmul_tflops(torch.bfloat16)
     _log(f"bf16 matmul 8192^3: {bf16_peak:.1f} TFLOP/s")
+    # What a `lumina-rt build --target torch --precision bf16` engine runs on CUDA: bf16 parameters, SDPA's fused
+    # attention kernels only (lumina_rt.engines.torch_engine.placement).
+    where = placement("bf16", "cuda")
     torch.manual_seed(0)
     with torch.device("cuda"):
-        model = MultiScaleNextDiT(cfg).to(torch.bfloat16).eval()
+        model = MultiScaleNextDiT(cfg).to(where.dtype).eval()
     model.check_inputs = False
     rows = []
     step_ms: dict[tuple[str, int, str], float] = {}
@@ -131,7 +136,7 @@ def time_2b(report: dict, steps: int) -> None:
             flops = forward_flops(cfg, combo, n, cap_len, batch)
             step = functools.partial(model.velocity, x, t, cap, mask, motion, combo)
             for backend in ("torch", "triton"):
-                with ops.use_backend(backend), torch.no_grad():
+                with ops.use_backend(backend), torch.no_grad(), sdpa_kernel(list(where.sdpa or ())):
                     ms = _bench_ms(step, warmup=1, reps=steps)
                 step_ms[(combo, batch, backend)] = ms
                 tflops = flops / (ms * 1e-3) / 1e12

@@ -15,7 +15,8 @@ A stage whose key and files match says "cached" and does nothing:
 1. export: weights.bin (+ the ONNX graphs, their large initializers moved into weights.bin, deduplicated);
 2. check: each graph against the reference model in ONNX Runtime, on shapes other than the export example;
 3. engine: a weight-stripped TensorRT plan per scale, one optimization profile per served token range;
-4. components: the checkpoint's text encoder / decoder declarations and files;
+4. components: components.json (the checkpoint's, or the released Gemma-2-2B / CogVideoX VAE named with
+   `--text-encoder` / `--vae`, referenced by absolute path) and the checkpoint's relative component files;
 5. measure: every engine backend that can run here, timed per scale on the served shape; the ranking that
    `auto` follows at run time (`lumina_rt.engines.measure`);
 6. manifest.json, written when anything changed.
@@ -55,13 +56,15 @@ from lumina_rt.engines.profiles import (
 )
 from lumina_rt.engines.weights import WEIGHTS_FILE, write_param_store
 from lumina_rt.errors import BackendUnavailableError, ConfigError, EngineError
+from lumina_rt.files import atomic_write
 from lumina_rt.sampling import SAMPLE_PRESETS, SampleConfig
 from lumina_rt.tolerances import PRECISIONS, TOLERANCE
 
 logger = logging.getLogger("lumina_rt.build")
 
 TARGETS = ("auto", "tensorrt", "onnx", "torch")
-TARGET_PRECISIONS = {"torch": ("fp32", "bf16"), "onnx": ("fp32",), "tensorrt": PRECISIONS}
+# torch engines: fp32 / bf16 anywhere they run, fp16 on CUDA only (`torch_engine.placement`).
+TARGET_PRECISIONS = {"torch": ("fp32", "bf16", "fp16"), "onnx": ("fp32",), "tensorrt": PRECISIONS}
 TIMING_CACHE = "timing.cache"
 
 
@@ -183,19 +186,55 @@ def _default_preset(config: ModelConfig, presets: dict[str, dict[str, Any]], req
     return ""
 
 
-def _components_key(checkpoint: Path) -> tuple[str | None, list[str]]:
-    files = components.component_files(checkpoint)
-    if not files:
-        return None, []
-    h = hashlib.sha256()
-    for rel in files:
-        p = checkpoint / rel
-        paths = sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p]
-        for f in paths:
-            h.update(str(f.relative_to(checkpoint)).encode())
-            if f.is_file():
-                h.update(mf.sha256_file(f).encode())
-    return h.hexdigest()[:32], [str(r) for r in files]
+def build_components(
+    checkpoint: Path,
+    text_encoder: str | Path | None = None,
+    vae: str | Path | None = None,
+    **released: Any,
+) -> dict[str, Any]:
+    """The engine directory's components: the checkpoint's components.json, with the released Gemma-2-2B encoder
+    and CogVideoX VAE (`--text-encoder`, `--vae`: referenced by absolute path) put in place of its own."""
+    comps = components.read_components(checkpoint)
+    if text_encoder is None and vae is None:
+        return comps
+    extra = components.released_components(text_encoder, vae, **released)
+    if vae is None and "latent" in comps:
+        extra.pop("latent")
+    return {**comps, **extra}
+
+
+def _hash_path(path: Path, label: str, h: Any, memo: dict[str, list], seen: dict[str, list]) -> None:
+    """Add every file under `path` (name + SHA-256) to `h`. A file whose size and mtime match the previous build's
+    record (`memo`) is not read again: the referenced Gemma / VAE folders are several GB."""
+    files = sorted(x for x in path.rglob("*") if x.is_file()) if path.is_dir() else [path]
+    for f in files:
+        st = f.stat()
+        name = str(f.resolve())
+        old = memo.get(name)
+        digest = old[2] if old and old[:2] == [st.st_size, st.st_mtime_ns] else mf.sha256_file(f)
+        seen[name] = [st.st_size, st.st_mtime_ns, digest]
+        h.update(f"{label}/{f.relative_to(path) if path.is_dir() else f.name}".encode())
+        h.update(digest.encode())
+
+
+def _components_key(
+    checkpoint: Path, comps: dict[str, Any], memo: dict[str, list] | None = None
+) -> tuple[str | None, list[str], dict[str, list]]:
+    """(cache key, relative files copied into the engine directory, {file: [size, mtime_ns, sha256]}) of the
+    components: the spec itself and the SHA-256 of every file it names, copied (relative) or referenced (absolute)."""
+    if not comps:
+        return None, [], {}
+    h = hashlib.sha256(json.dumps(comps, sort_keys=True).encode())
+    seen: dict[str, list] = {}
+    copied = []
+    for named in components.named_paths(comps):
+        path = named if named.is_absolute() else checkpoint / named
+        if not path.exists():
+            raise ConfigError(f"the components name {str(named)!r}, which does not exist ({str(path)!r})")
+        _hash_path(path, str(named), h, memo or {}, seen)
+        if not named.is_absolute():
+            copied.append(str(named))
+    return h.hexdigest()[:32], copied, seen
 
 
 @dataclass
@@ -342,14 +381,20 @@ def engine_scale(b: _Build, export: dict[str, Any], combo: str) -> Stage:
 
 
 # -------------------------------------------------------------------------------------------- 4. components
-def components_stage(b: _Build) -> Stage | None:
-    key, files = _components_key(b.checkpoint)
+def components_stage(b: _Build, comps: dict[str, Any], previous: dict[str, Any] | None) -> Stage | None:
+    """components.json written into the engine directory, with the checkpoint's relative component files copied
+    next to it; absolute paths (the released Gemma / VAE folders) are referenced, their files hashed into the key."""
+    key, files, hashes = _components_key(b.checkpoint, comps, (previous or {}).get("hashes"))
     if key is None:
         return None
+    referenced = [str(p) for p in components.named_paths(comps) if p.is_absolute()]
 
     def run() -> dict[str, Any]:
-        components.copy_components(b.checkpoint, b.out)
-        return {"note": f"copied {', '.join(files)}", "files": files}
+        components.copy_components(b.checkpoint, b.out)  # the checkpoint's own components.json and relative files
+        atomic_write(b.out / components.COMPONENTS_FILE, json.dumps(comps, indent=2) + "\n")
+        what = [components.COMPONENTS_FILE, *files] + [f"referenced {r}" for r in referenced]
+        return {"note": f"wrote {', '.join(what)}", "files": [components.COMPONENTS_FILE, *files],
+                "referenced": referenced, "hashes": hashes}  # fmt: skip
 
     return Stage("components", key, [], run, "found cached text encoder / decoder files")
 
@@ -388,8 +433,18 @@ def build(
     force: bool = False,
     measure: bool = True,
     measure_steps: int = 3,
+    text_encoder: str | Path | None = None,
+    vae: str | Path | None = None,
+    text_encoder_dtype: str = "auto",
+    vae_dtype: str = "auto",
+    vae_tiling: bool = False,
+    vae_slicing: bool = False,
 ) -> BuildReport:
-    """Build (or bring up to date) the engine directory `out` from `checkpoint`; see the module docstring."""
+    """Build (or bring up to date) the engine directory `out` from `checkpoint`; see the module docstring.
+
+    `text_encoder` / `vae`: the released pipeline's Gemma-2-2B and CogVideoX VAE folders (referenced, not copied),
+    written into the engine directory's components.json with the released latent spec and sample presets.
+    """
     from lumina_rt.checkpoint import load_config, weights_hash
 
     start = time.perf_counter()
@@ -398,14 +453,21 @@ def build(
         raise ConfigError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
     target = resolve_target(target)
     if precision not in TARGET_PRECISIONS[target]:
-        need = "needs TensorRT" if precision == "fp16" else f"is not served by {target} engines"
+        need = "needs TensorRT or torch engines" if precision == "fp16" else f"is not served by {target} engines"
         raise ConfigError(
             f"precision {precision!r} {need}; {target} engines are built in {list(TARGET_PRECISIONS[target])} "
             f"(--precision, --target)"
         )
     config = load_config(checkpoint)
     shapes = shapes or ServeShapes()
-    latent = components.latent_spec(checkpoint, config.in_channels)
+    comps = build_components(checkpoint, text_encoder, vae, text_encoder_dtype=text_encoder_dtype,
+                             vae_dtype=vae_dtype, vae_tiling=vae_tiling, vae_slicing=vae_slicing)  # fmt: skip
+    latent = components.LatentSpec(**comps.get("latent", {"channels": config.in_channels}))
+    if latent.channels != config.in_channels:
+        raise ConfigError(
+            f"the latent spec has {latent.channels} channels, the model in {str(checkpoint)!r} takes "
+            f"{config.in_channels}"
+        )
     out.mkdir(parents=True, exist_ok=True)
     report = BuildReport(out, target)
     old: dict[str, Any] = {}
@@ -456,14 +518,16 @@ def build(
             timing_entry = {"path": TIMING_CACHE}
 
     comp_entry = None
-    comp = components_stage(b)
+    previous = old.get("components")
+    comp = components_stage(b, comps, previous)
     if comp is not None:
-        files_there = all((out / f).exists() for f in _components_key(checkpoint)[1])
-        comp_entry = run_stage(comp, old.get("components") if files_there else None, out, report)
+        files_there = previous is not None and all((out / f).exists() for f in previous.get("files", []))
+        comp_entry = run_stage(comp, previous if files_there else None, out, report)
     elif old.get("components"):
         report.done.append("components: the checkpoint has none any more")
+        (out / components.COMPONENTS_FILE).unlink(missing_ok=True)
 
-    presets = components.read_components(checkpoint).get("sampling") or {}
+    presets = comps.get("sampling") or {}
     manifest = mf.new_manifest()
     manifest.update(
         created=mf.now(),
@@ -565,7 +629,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--precision",
         default="fp32",
         choices=PRECISIONS,
-        help="engine precision (bf16: torch / TensorRT, fp16: TensorRT)",
+        help="engine precision (bf16: torch / TensorRT, the GPU default to choose; fp16: TensorRT, torch on CUDA)",
     )
     default_res = ",".join(f"{h}x{w}" for h, w in DEFAULT_RESOLUTIONS)
     p.add_argument(
@@ -588,6 +652,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="do not time the engine backends (auto then follows a fixed order instead of the measured ranking)",
     )
     p.add_argument("--measure-steps", type=int, default=3, help="timed steps per backend and scale (default 3)")
+    released = p.add_argument_group("the released pipeline's components (referenced by absolute path, not copied)")
+    released.add_argument(
+        "--text-encoder",
+        default=None,
+        metavar="GEMMA_DIR",
+        help="local Gemma-2-2B folder (transformers layout): prompts are encoded as released (needs the 'text' extra)",
+    )
+    released.add_argument(
+        "--vae",
+        default=None,
+        metavar="VAE_DIR",
+        help="local CogVideoX VAE folder (diffusers layout, e.g. CogVideoX-2b/vae): videos are decoded as released "
+        "(needs the 'vae' extra); also sets the released latent spec (16 channels, x4 time, x8 space)",
+    )
+    dtypes = ["auto", *components.DTYPES]
+    released.add_argument(
+        "--text-encoder-dtype", default="auto", choices=dtypes, help="auto: bf16 on CUDA, fp32 on the CPU"
+    )
+    released.add_argument("--vae-dtype", default="auto", choices=dtypes, help="auto: bf16 on CUDA, fp32 on the CPU")
+    released.add_argument("--vae-tiling", action="store_true", help="decode in spatial tiles (less memory)")
+    released.add_argument("--vae-slicing", action="store_true", help="decode one video of a batch at a time")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -603,6 +688,12 @@ def run(args: argparse.Namespace) -> int:
         force=args.force,
         measure=not args.no_measure,
         measure_steps=args.measure_steps,
+        text_encoder=args.text_encoder,
+        vae=args.vae,
+        text_encoder_dtype=args.text_encoder_dtype,
+        vae_dtype=args.vae_dtype,
+        vae_tiling=args.vae_tiling,
+        vae_slicing=args.vae_slicing,
     )
     for line in report.cached:
         print(f"cached  {line}")

@@ -8,9 +8,16 @@ A checkpoint (or engine) directory may hold `components.json`:
       "decoder":      {"kind": "pixels", ...kind options}
     }
 
-Paths are relative to the directory holding `components.json`. A kind is registered with
+Relative paths are relative to the directory holding `components.json` and are copied with it
+(`copy_components`, used when building engines); absolute paths are referenced where they are (the released
+Gemma-2-2B and CogVideoX VAE folders, several GB: `lumina-rt build --text-encoder DIR --vae DIR` references them,
+and their files' SHA-256 go into the build's components cache key). A kind is registered with
 `register_text_encoder(kind)` / `register_decoder(kind)`; its loader receives (directory, spec dict).
-`copy_components(src, dst)` copies the file and everything its specs name (used when building engines).
+
+Kinds: text encoder `gemma-2-2b` (`lumina_rt.text`, extra `text`: transformers), decoder `cogvideox-vae`
+(`lumina_rt.vae`, extra `vae`: diffusers), decoder `pixels`, and the built-in model's. Options of the two released
+kinds: `dtype` ("auto": bf16 on CUDA, fp32 on the CPU; or fp32 / bf16 / fp16), `device` ("auto": CUDA when there
+is one); `cogvideox-vae` also `tiling`, `slicing` (booleans, default false).
 
 Frame-count rule (released CogVideoX latents): latent_frames = frames // temporal_factor.
 """
@@ -27,11 +34,14 @@ from typing import Any, Protocol
 
 import torch
 
-from lumina_rt.errors import CheckpointError, InputError, TextEncoderError
+from lumina_rt.errors import CheckpointError, DecoderError, InputError, TextEncoderError
 
 logger = logging.getLogger(__name__)
 
 COMPONENTS_FILE = "components.json"
+# The released pipeline's latent space: CogVideoX-2b's VAE (16 channels, x4 in time, x8 in space).
+RELEASED_LATENT = {"channels": 16, "temporal_factor": 4, "spatial_factor": 8, "scale": 1.15258426}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class TextEncoder(Protocol):
@@ -97,6 +107,20 @@ def _pixels(directory: Path, spec: dict[str, Any]) -> Decoder:
     return PixelDecoder()
 
 
+def placement(spec: dict[str, Any], error: type[Exception] = CheckpointError) -> tuple[torch.device, torch.dtype]:
+    """(device, dtype) of a component from its spec's `device` / `dtype` ("auto": CUDA + bf16 where there is a GPU,
+    else CPU + fp32, as the released script runs Gemma and the VAE in bf16 on the GPU)."""
+    device = spec.get("device", "auto")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = spec.get("dtype", "auto")
+    if dtype == "auto":
+        dtype = "bf16" if torch.device(device).type == "cuda" else "fp32"
+    if dtype not in DTYPES:
+        raise error(f"components.json: unknown dtype {dtype!r}; choose 'auto' or one of {sorted(DTYPES)}")
+    return torch.device(device), DTYPES[dtype]
+
+
 @register_text_encoder("gemma-2-2b")
 def _gemma(directory: Path, spec: dict[str, Any]) -> TextEncoder:
     from lumina_rt.text import GemmaTextEncoder
@@ -104,7 +128,59 @@ def _gemma(directory: Path, spec: dict[str, Any]) -> TextEncoder:
     path = spec.get("path")
     if path is None:
         raise TextEncoderError("components.json: text_encoder of kind 'gemma-2-2b' needs a 'path' to local weights")
-    return GemmaTextEncoder(directory / path)
+    device, dtype = placement(spec, TextEncoderError)
+    return GemmaTextEncoder(directory / path, device=device, dtype=dtype)
+
+
+@register_decoder("cogvideox-vae")
+def _cogvideox(directory: Path, spec: dict[str, Any]) -> Decoder:
+    from lumina_rt.vae import CogVideoXDecoder
+
+    path = spec.get("path")
+    if path is None:
+        raise DecoderError("components.json: decoder of kind 'cogvideox-vae' needs a 'path' to local weights")
+    device, dtype = placement(spec, DecoderError)
+    return CogVideoXDecoder(
+        directory / path,
+        device=device,
+        dtype=dtype,
+        tiling=bool(spec.get("tiling", False)),
+        slicing=bool(spec.get("slicing", False)),
+    )
+
+
+def released_components(
+    text_encoder: str | Path | None = None,
+    vae: str | Path | None = None,
+    *,
+    text_encoder_dtype: str = "auto",
+    vae_dtype: str = "auto",
+    vae_tiling: bool = False,
+    vae_slicing: bool = False,
+) -> dict[str, Any]:
+    """components.json of the released pipeline: Gemma-2-2B and the CogVideoX VAE referenced by absolute path, the
+    released latent spec (its scale read from the VAE's config when there is one) and the released presets."""
+    from lumina_rt.sampling import SAMPLE_PRESETS
+
+    out: dict[str, Any] = {"latent": dict(RELEASED_LATENT)}
+    if text_encoder is not None:
+        path = Path(text_encoder).resolve()
+        if not path.is_dir():
+            raise TextEncoderError(f"--text-encoder {str(text_encoder)!r} is not a directory")
+        out["text_encoder"] = {"kind": "gemma-2-2b", "path": str(path), "dtype": text_encoder_dtype}
+    if vae is not None:
+        from lumina_rt.vae import scaling_factor
+
+        path = Path(vae).resolve()
+        if not path.is_dir():
+            raise DecoderError(f"--vae {str(vae)!r} is not a directory")
+        out["latent"]["scale"] = scaling_factor(path)
+        out["decoder"] = {"kind": "cogvideox-vae", "path": str(path), "dtype": vae_dtype, "tiling": vae_tiling,
+                          "slicing": vae_slicing}  # fmt: skip
+    # The released recipes, the multi-scale 24-fps one first (the build's default preset when the model serves it).
+    order = ["f24F96R960-MultiScale", *(n for n in SAMPLE_PRESETS if n != "f24F96R960-MultiScale")]
+    out["sampling"] = {name: SAMPLE_PRESETS[name] for name in order}
+    return out
 
 
 def _import_kind_modules() -> None:
@@ -155,16 +231,13 @@ def load_decoder(directory: str | Path) -> Decoder | None:
     _import_kind_modules()
     kind = spec.get("kind")
     if kind not in _DECODERS:
-        raise CheckpointError(f"unknown decoder kind {kind!r}; known kinds: {sorted(_DECODERS)}")
+        raise DecoderError(f"unknown decoder kind {kind!r}; known kinds: {sorted(_DECODERS)}")
     return _DECODERS[kind](Path(directory), spec)
 
 
-def component_files(directory: str | Path) -> list[Path]:
-    """Files and folders (relative) that the components of a directory need: components.json + named paths."""
-    comps = read_components(directory)
-    if not comps:
-        return []
-    out = [Path(COMPONENTS_FILE)]
+def named_paths(comps: dict[str, Any]) -> list[Path]:
+    """The paths (as written: relative or absolute) that the text encoder and decoder specs name."""
+    out = []
     for key in ("text_encoder", "decoder"):
         spec = comps.get(key) or {}
         for field_name in ("path", "weights", "vocab"):
@@ -173,8 +246,17 @@ def component_files(directory: str | Path) -> list[Path]:
     return out
 
 
+def component_files(directory: str | Path) -> list[Path]:
+    """Files and folders (relative) that the components of a directory need and that travel with it:
+    components.json + the relative paths it names (absolute ones are referenced, not copied)."""
+    comps = read_components(directory)
+    if not comps:
+        return []
+    return [Path(COMPONENTS_FILE), *(p for p in named_paths(comps) if not p.is_absolute())]
+
+
 def copy_components(src: str | Path, dst: str | Path) -> list[Path]:
-    """Copy components.json and the files it names from src to dst; returns the copied relative paths."""
+    """Copy components.json and the relative files it names from src to dst; returns the copied relative paths."""
     src, dst = Path(src), Path(dst)
     copied = []
     for rel in component_files(src):

@@ -37,3 +37,7 @@ class EngineError(LuminaError, RuntimeError):
 
 class TextEncoderError(LuminaError, RuntimeError):
     """The text encoder cannot be loaded (package or weights missing) or cannot encode the prompt."""
+
+
+class DecoderError(CheckpointError):
+    """The latent decoder (VAE) cannot be loaded (package or weights missing) or cannot decode the latents."""

@@ -12,6 +12,7 @@ the shared weight store and a place for state the scales of one backend share. B
 - `tensorrt`: TensorRT 10 plans (GPU);
 - `onnxruntime-cuda` / `onnxruntime`: ONNX Runtime sessions on the GPU / CPU;
 - `torch-triton`: the reference model on the GPU with the Triton fused kernels;
+- `torch-cuda`: the reference model on the GPU with PyTorch's own ops (no Triton needed);
 - `torch-cpu-fused`: the reference model on the CPU with the C++ fused kernels (csrc/);
 - `torch`: the reference model on the CPU with PyTorch's own ops.
 
@@ -66,6 +67,7 @@ BACKENDS: dict[str, Backend] = {
         Backend("tensorrt", "lumina_rt.engines.tensorrt_engine", "cuda"),
         Backend("onnxruntime-cuda", "lumina_rt.engines.onnxruntime_engine", "cuda"),
         Backend("torch-triton", "lumina_rt.engines.torch_engine", "cuda", kernels="triton"),
+        Backend("torch-cuda", "lumina_rt.engines.torch_engine", "cuda", kernels="torch"),
         Backend("onnxruntime", "lumina_rt.engines.onnxruntime_engine", "cpu"),
         Backend("torch-cpu-fused", "lumina_rt.engines.torch_engine", "cpu", kernels="cpu-fused"),
         Backend("torch", "lumina_rt.engines.torch_engine", "cpu", kernels="torch"),

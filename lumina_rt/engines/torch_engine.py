@@ -2,18 +2,26 @@
 
 One model serves every patch size (the scales share its backbone by construction); on the CPU in fp32 its
 parameters view the weight store's buffer (no copy). Engine backends (`lumina_rt.engines.BACKENDS`): `torch` (the
-reference math), `torch-cpu-fused` (the C++ fused ops of csrc/), `torch-triton` (CUDA, Triton fused ops). Engines
-built with `--precision bf16` run the model in bf16 (on the CPU only where it computes bf16 natively).
+reference math), `torch-cpu-fused` (the C++ fused ops of csrc/), `torch-triton` (CUDA, Triton fused ops),
+`torch-cuda` (CUDA, PyTorch's own ops).
+
+Where and in what a torch engine runs is one policy, `placement(precision, device)`: on CUDA the manifest's precision
+(bf16 / fp16 / fp32: `lumina-rt build --target torch --precision bf16` is the GPU path without TensorRT) with
+attention restricted to SDPA's fused kernels (flash, memory-efficient, cuDNN; the math fallback only for fp32);
+on the CPU fp32, or bf16 for bf16 builds (only where the CPU computes bf16 natively), SDPA choosing for itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lumina_rt import ops
 from lumina_rt.config import ModelConfig
@@ -28,9 +36,38 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def engine_dtype(precision: str) -> torch.dtype:
-    """What torch engines compute in: bf16 for bf16 builds, else float32 (fp16 applies to TensorRT plans only)."""
-    return torch.bfloat16 if precision == "bf16" else torch.float32
+PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# SDPA kernels a CUDA torch engine may use: the fused ones; the math kernel (materialised scores) only where no
+# fused kernel takes fp32 inputs with a mask.
+CUDA_SDPA_HALF = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION)
+CUDA_SDPA_FP32 = (SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a torch engine runs: device, parameter / activation dtype, and the SDPA kernels it may use (None:
+    PyTorch's own choice)."""
+
+    device: torch.device
+    dtype: torch.dtype
+    sdpa: tuple[SDPBackend, ...] | None
+
+
+def placement(precision: str, device: str | torch.device) -> Placement:
+    """The torch engines' device policy: the manifest's precision on CUDA (bf16 / fp16 / fp32) with SDPA's fused
+    attention kernels; on the CPU fp32, or bf16 for bf16 builds (fp16 builds do not run on the CPU)."""
+    if precision not in PRECISION_DTYPES:
+        raise EngineError(f"unknown engine precision {precision!r}; expected one of {sorted(PRECISION_DTYPES)}")
+    device = torch.device(device)
+    if device.type == "cuda":
+        dtype = PRECISION_DTYPES[precision]
+        return Placement(device, dtype, CUDA_SDPA_FP32 if dtype == torch.float32 else CUDA_SDPA_HALF)
+    return Placement(device, torch.bfloat16 if precision == "bf16" else torch.float32, None)
+
+
+def engine_dtype(precision: str, device: str | torch.device = "cpu") -> torch.dtype:
+    """What torch engines compute in on `device` (see `placement`)."""
+    return placement(precision, device).dtype
 
 
 def cpu_has_native_bf16() -> bool:
@@ -48,6 +85,8 @@ def unavailable_reason(engines: EngineSet, backend: Backend) -> str | None:
         return "no CUDA GPU"
     if backend.device == "cpu" and engines.precision == "bf16" and not cpu_has_native_bf16():
         return "the engines are bf16 and this CPU has no native bf16 arithmetic (AVX512-BF16 / AMX)"
+    if backend.device == "cpu" and engines.precision == "fp16":
+        return "the engines are fp16, which torch engines run on CUDA only"
     if backend.kernels in ("triton", "cpu-fused"):
         try:
             ops.fused_impls(backend.kernels)
@@ -76,10 +115,13 @@ def build_model(
 class TorchScaleEngine:
     """One patch size of a torch model shared by every scale; fused ops run with `kernels` (lumina_rt.ops)."""
 
-    def __init__(self, combo: str, model: MultiScaleNextDiT, kernels: str = "torch"):
+    def __init__(
+        self, combo: str, model: MultiScaleNextDiT, kernels: str = "torch", sdpa: tuple[SDPBackend, ...] | None = None
+    ):
         self.combo = combo
         self.model = model
         self.kernels = kernels
+        self.sdpa = sdpa
         first = next(model.parameters())
         self.device, self.dtype = first.device, first.dtype
 
@@ -98,7 +140,8 @@ class TorchScaleEngine:
         if self.dtype != torch.float32:  # tokens, caption and timestep in the engine precision; RoPE tables fp32
             for i in (0, 4):
                 args[i] = args[i].to(self.dtype)
-        with ops.use_backend(self.kernels), torch.no_grad():
+        attention = contextlib.nullcontext() if self.sdpa is None else sdpa_kernel(list(self.sdpa))
+        with ops.use_backend(self.kernels), torch.no_grad(), attention:
             out = self.model.forward_tokens(*args, self.combo)
         return out.to(tokens.device, torch.float32)
 
@@ -108,9 +151,9 @@ def load(engines: EngineSet, backend: Backend, combos: list[str]) -> dict[str, T
     reason = unavailable_reason(engines, backend)
     if reason:
         raise BackendUnavailableError(f"backend {backend.name!r} cannot run: {reason}")
-    dtype = engine_dtype(engines.precision)
+    where = placement(engines.precision, backend.device)
     model = engines.shared(
         f"torch-model-{backend.device}-{engines.precision}",
-        lambda: build_model(engines.config, engines.weights(), backend.device, dtype),
+        lambda: build_model(engines.config, engines.weights(), where.device, where.dtype),
     )
-    return {combo: TorchScaleEngine(combo, model, backend.kernels or "torch") for combo in combos}
+    return {combo: TorchScaleEngine(combo, model, backend.kernels or "torch", where.sdpa) for combo in combos}

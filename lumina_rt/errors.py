@@ -41,3 +41,7 @@ class TextEncoderError(LuminaError, RuntimeError):
 
 class DecoderError(CheckpointError):
     """The latent decoder (VAE) cannot be loaded (package or weights missing) or cannot decode the latents."""
+
+
+class ParallelError(LuminaError, ValueError):
+    """A parallel layout cannot run: world size not cfg x sp, sp not dividing the heads, no process group, ..."""

@@ -160,6 +160,9 @@ class Attention(nn.Module):
             self.ky_norm = nn.LayerNorm(n_kv_heads * self.head_dim)
         else:
             self.q_norm = self.k_norm = self.ky_norm = nn.Identity()
+        # Self-attention over the video tokens: None is the local SDPA. A sequence-parallel runner sets a callable
+        # `attention_fn(q, k, v, x_mask) -> out` (q, k, v [B, Hq, N_local, Dh]; lumina_rt.engines.parallel).
+        self.attention_fn = None
 
     def _heads(self, t: torch.Tensor, n: int) -> torch.Tensor:
         """[B, L, n*Dh] -> [B, Hq, L, Dh], key/value heads repeated for GQA (head h reads kv head h // n_rep)."""
@@ -194,7 +197,10 @@ class Attention(nn.Module):
         self_mask = None if x_mask is None else x_mask[:, None, None, :]
         yk = self._heads(self.ky_norm(self.wk_y(y)).to(dtype), self.n_kv_heads)
         yv = self._heads(self.wv_y(y), self.n_kv_heads)
-        out = _attention(q, k, v, self_mask)
+        if self.attention_fn is None:
+            out = _attention(q, k, v, self_mask)
+        else:
+            out = self.attention_fn(q, k, v, x_mask)
         out_y = _attention(q, yk, yv, y_mask[:, None, None, :])
         out = out + out_y * self.gate.tanh().view(1, -1, 1, 1)
         return self.wo(out.transpose(1, 2).reshape(b, n, self.n_heads * self.head_dim))
@@ -436,6 +442,19 @@ class MultiScaleNextDiT(nn.Module):
         """The velocity function the sampler calls (patch size as a released combo string)."""
         pf, p = self.config.check_combo(combo)
         return self.forward(x, t, cap_feats, cap_mask, motion_score, p, pf)
+
+    def check_batch(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        cap_feats: torch.Tensor,
+        cap_mask: torch.Tensor,
+        motion_score: torch.Tensor,
+        combo: str,
+    ) -> None:
+        """InputError naming the bad value when `forward` could not take these inputs (what `forward` checks)."""
+        pf, p = self.config.check_combo(combo)
+        _check_batch_inputs(self.config, x, t, cap_feats, cap_mask, motion_score, pf, p)
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -245,6 +245,22 @@ class EngineSet:
         combo: str,
     ) -> torch.Tensor:
         """Velocity of x [B, C, F, H, W] with the engine of patch `combo` (F = 1: an image)."""
+        tokens, cos, sin, index = self.tokens(x, t, cap_feats, cap_mask, motion, combo)
+        pf, p = parse_patch_combo(combo)
+        out = self.engine(combo).run(tokens, cos, sin, t.float(), cap_feats.float(), cap_mask, motion.float(), index)
+        with ops.use_backend("torch"):
+            return ops.unpatchify(out.to(x.device), *x.shape[2:], pf, p, p)
+
+    def tokens(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        cap_feats: torch.Tensor,
+        cap_mask: torch.Tensor,
+        motion: torch.Tensor,
+        combo: str,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """Checked engine inputs for `velocity`: (tokens [B, N, pf*p*p*C] fp32, cos, sin [N, Dh/2], profile index)."""
         self._scale(combo)
         pf, p = parse_patch_combo(combo)
         if x.dim() != 5:
@@ -269,9 +285,7 @@ class EngineSet:
         cos, sin = rope_tables(f_compute // pf, height // p, width // p, self.config.head_dim, self.config.rope_theta)
         with ops.use_backend("torch"):
             tokens = ops.patchify(x.float(), pf, p, p)
-        out = self.engine(combo).run(tokens, cos, sin, t.float(), cap_feats.float(), cap_mask, motion.float(), index)
-        with ops.use_backend("torch"):
-            return ops.unpatchify(out.to(x.device), frames, height, width, pf, p, p)
+        return tokens, cos, sin, index
 
     def forward_list(
         self,

@@ -100,12 +100,13 @@ class Pipeline:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_engines(cls, engines: Any) -> Pipeline:
-        """Around an `EngineSet`: its velocity, served sizes, request check and the components copied by the build."""
+    def from_engines(cls, engines: Any, velocity: VelocityFn | None = None) -> Pipeline:
+        """Around an `EngineSet`: its velocity (or `velocity`, e.g. a parallel one over its engines), served sizes,
+        request check and the components copied by the build."""
         served = [s for p in engines.profiles.values() for s in p.served]
         best = max(served, key=lambda s: s["tokens"]) if served else None
         return cls(
-            engines.velocity,
+            engines.velocity if velocity is None else velocity,
             patch_combos=engines.patch_combos,
             cap_feat_dim=engines.config.cap_feat_dim,
             components_dir=engines.engine_dir,

@@ -17,10 +17,11 @@ import torch
 from lumina_rt.config import ModelConfig
 from lumina_rt.engines import ScaleEngine
 from lumina_rt.engines.engine_set import BACKEND_ENV, EngineSet
+from lumina_rt.parallel import ParallelConfig
 from lumina_rt.pipeline import GenerationResult, Pipeline, make_noise
 from lumina_rt.sampling import SampleConfig
 
-__all__ = ["BACKEND_ENV", "GenerationResult", "Runtime", "make_noise"]
+__all__ = ["BACKEND_ENV", "GenerationResult", "ParallelConfig", "Runtime", "make_noise"]
 
 
 class Runtime:
@@ -33,9 +34,30 @@ class Runtime:
         scales: Sequence[str] | None = None,
         verify: bool = True,
         threads: int | None = None,
+        parallel: ParallelConfig | None = None,
     ):
+        """`parallel`: run under torchrun over a (cfg, sp) mesh (`lumina_rt.parallel`) with torch engines
+        (backend "auto" picks torch-cuda on a GPU, else torch); every process returns the same result."""
+        self.parallel = parallel
+        self.mesh = None
+        velocity = None
+        if parallel is not None:
+            from lumina_rt.engines.parallel import parallel_velocity
+            from lumina_rt.parallel import init_mesh
+
+            self.mesh = init_mesh(parallel)
+            if backend == "auto":
+                backend = "torch-cuda" if self.mesh.device_type == "cuda" else "torch"
         self.engines = EngineSet(engine_dir, backend=backend, scales=scales, verify=verify, threads=threads)
-        self.pipeline = Pipeline.from_engines(self.engines)
+        if self.mesh is not None:
+            velocity = parallel_velocity(self.engines, self.mesh)
+        self._velocity = velocity if velocity is not None else self.engines
+        self.pipeline = Pipeline.from_engines(self.engines, velocity=velocity)
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes outputs (rank 0, or the only process)."""
+        return self.mesh is None or self.mesh.get_rank() == 0
 
     # ------------------------------------------------------------------ the engine set
     @property
@@ -80,16 +102,16 @@ class Runtime:
         self.engines.check_weights(weights_hash)
 
     def velocity(self, x, t, cap_feats, cap_mask, motion, combo: str) -> torch.Tensor:
-        """See `EngineSet.velocity`."""
-        return self.engines.velocity(x, t, cap_feats, cap_mask, motion, combo)
+        """See `EngineSet.velocity` (over the mesh with `parallel`)."""
+        return self._velocity.velocity(x, t, cap_feats, cap_mask, motion, combo)
 
     def forward_list(self, items, t, cap_feats, cap_mask, motion, combo: str) -> list[torch.Tensor]:
-        """See `EngineSet.forward_list`."""
-        return self.engines.forward_list(items, t, cap_feats, cap_mask, motion, combo)
+        """See `EngineSet.forward_list` (over the mesh with `parallel`)."""
+        return self._velocity.forward_list(items, t, cap_feats, cap_mask, motion, combo)
 
-    def parity_target(self) -> EngineSet:
+    def parity_target(self) -> Any:
         """What `lumina_rt.parity.run_parity` checks (a `ParityTarget`): these engines' velocity and forward_list."""
-        return self.engines
+        return self._velocity
 
     # ------------------------------------------------------------------ the pipeline
     @property

@@ -7,8 +7,11 @@ the differences; the parent checks them. Every run has a deadline: processes sti
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -104,10 +107,30 @@ def _job_bad_world(fixture_path: str, config) -> dict:
     return {}
 
 
-JOBS = {"parity": _job_parity, "bad-heads": _job_bad_heads, "bad-world": _job_bad_world}
+def _generate_kwargs(fx) -> dict:
+    cf, cm = fx.get("in.cap_feats"), fx.get("in.cap_mask")
+    return dict(
+        cap_feats=cf[:1], cap_mask=cm[:1], neg_cap_feats=cf[1:], neg_cap_mask=cm[1:], frames=2, height=16, width=16,
+        steps=4, schedule=["2x4", [0.3, "2x2"], [0.6, "1x2"]], cfg=[4.0, [0.5, 0.0]], seed=3, progress=False,
+    )  # fmt: skip
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str, job: str, sp: int, cfg_parallel: bool, fixture: str):
+def _job_runtime(engine_dir: str, config) -> dict:
+    """`Runtime(engine_dir, parallel=...)`.generate against the single-process torch engines."""
+    from lumina_rt.parity import load_fixture
+    from lumina_rt.runtime import Runtime
+
+    kwargs = _generate_kwargs(load_fixture(PUBLIC_FIXTURE))
+    single = Runtime(engine_dir, backend="torch").generate(**kwargs)
+    runtime = Runtime(engine_dir, parallel=config)
+    out = runtime.generate(**kwargs)
+    return {"diff": _diff(out.latents, single.latents), "backend": runtime.backend_name, "main": runtime.is_main}
+
+
+JOBS = {"parity": _job_parity, "bad-heads": _job_bad_heads, "bad-world": _job_bad_world, "runtime": _job_runtime}
+
+
+def _worker(rank: int, world: int, port: int, out_dir: str, job: str, sp: int, cfg_parallel: bool, arg: str):
     from lumina_rt.parallel import ParallelConfig, shutdown
 
     os.environ.update(
@@ -115,7 +138,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str, job: str, sp: int, c
     )
     torch.set_num_threads(1)
     try:
-        result = JOBS[job](fixture, ParallelConfig(sp=sp, cfg_parallel=cfg_parallel))
+        result = JOBS[job](arg, ParallelConfig(sp=sp, cfg_parallel=cfg_parallel))
     except LuminaError as exc:
         result = {"error": type(exc).__name__, "message": str(exc)}
     finally:
@@ -123,11 +146,11 @@ def _worker(rank: int, world: int, port: int, out_dir: str, job: str, sp: int, c
     torch.save(result, Path(out_dir) / f"rank{rank}.pt")
 
 
-def _run(tmp_path: Path, world: int, job: str, sp: int, cfg_parallel: bool = False) -> list[dict]:
-    fixture = str(require(PUBLIC_FIXTURE))
+def _run(tmp_path: Path, world: int, job: str, sp: int, cfg_parallel: bool = False, arg: str = "") -> list[dict]:
+    arg = arg or str(require(PUBLIC_FIXTURE))
     ctx = mp.start_processes(
         _worker,
-        args=(world, _free_port(), str(tmp_path), job, sp, cfg_parallel, fixture),
+        args=(world, _free_port(), str(tmp_path), job, sp, cfg_parallel, arg),
         nprocs=world,
         join=False,
         start_method="spawn",
@@ -182,3 +205,64 @@ def test_parallel_config_checks_values():
     ParallelConfig(sp=4).validate(world_size=4, n_heads=4)
     with pytest.raises(ParallelError, match="sp=3 does not divide the model's 4 query heads"):
         ParallelConfig(sp=3).validate(world_size=3, n_heads=4)
+
+
+# ------------------------------------------------------------------------------------------------ entry points
+
+
+@pytest.fixture(scope="module")
+def torch_engines(tmp_path_factory):
+    """A torch-target engine directory of the public fixture's weights (16x16 pixels, 2 frames, 2 rows)."""
+    from lumina_rt.checkpoint import save_native
+    from lumina_rt.engines.profiles import ServeShapes
+    from lumina_rt.export.build_engines import build
+    from lumina_rt.parity import load_fixture
+
+    root = tmp_path_factory.mktemp("parallel_engines")
+    fx = load_fixture(require(PUBLIC_FIXTURE))
+    ckpt = save_native(root / "ckpt", fx.config, fx.state_dict)
+    shapes = ServeShapes(resolutions=((16, 16),), frames=(2,), max_batch=2)
+    build(ckpt, root / "eng", target="torch", shapes=shapes, measure=False)
+    return root / "eng"
+
+
+def test_runtime_parallel_generate_equals_single_process(tmp_path, torch_engines):
+    results = _run(tmp_path, 4, "runtime", sp=2, cfg_parallel=True, arg=str(torch_engines))
+    for rank, res in enumerate(results):
+        assert "error" not in res, f"rank {rank}: {res}"
+        assert res["diff"] <= TOLERANCE and res["backend"] == "torch" and res["main"] == (rank == 0), res
+
+
+def _torchrun(nproc: int, *argv: str, timeout: float = DEADLINE_S) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port",
+           str(_free_port()), "-m", "lumina_rt", *argv]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_torchrun_generate_writes_one_video(tmp_path, torch_engines):
+    from safetensors.torch import save_file
+
+    from lumina_rt.parity import load_fixture
+
+    fx = load_fixture(require(PUBLIC_FIXTURE))
+    feats = tmp_path / "caption.safetensors"
+    save_file({k: fx.get(f"in.{k}")[:1].contiguous() for k in ("cap_feats", "cap_mask")}, str(feats))
+    out = tmp_path / "v.gif"
+    res = _torchrun(
+        2, "generate", str(torch_engines), "--caption-features", str(feats), "--out", str(out), "--frames", "2",
+        "--height", "16", "--width", "16", "--steps", "3", "--schedule", "1x2", "--cfg", "0", "--sp", "2",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("wrote ") == 1 and out.is_file(), res.stdout
+
+
+def test_torchrun_parity_and_bad_layout():
+    fixture = str(require(PUBLIC_FIXTURE))
+    res = _torchrun(2, "parity", fixture, "--sp", "2", "--json")
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads(res.stdout)
+    assert report["passed"] and len(report["cases"]) == 16 and report["backend"] == "torch (cfg 1 x sp 2)"
+    res = _torchrun(2, "parity", fixture, "--sp", "2", "--cfg-parallel", timeout=120)
+    assert res.returncode != 0
+    assert res.stderr.count("error: ParallelError: world size 2 is not cfg x sp = 2 x 2 = 4") == 2, res.stderr

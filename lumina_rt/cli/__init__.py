@@ -61,6 +61,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_parallel_flags(p: argparse.ArgumentParser) -> None:
+    """--sp / --cfg-parallel: run over the processes `torchrun` starts (lumina_rt.parallel, docs/parallel.md)."""
+    p.add_argument("--sp", type=int, default=None, help="sequence-parallel processes (Ulysses); launch under torchrun")
+    p.add_argument(
+        "--cfg-parallel",
+        action="store_true",
+        help="run the guidance branches on two halves of the processes (world size = 2 x sp); under torchrun",
+    )
+
+
+def parallel_config(args: argparse.Namespace):
+    """The ParallelConfig the flags ask for, or None (single process)."""
+    if args.sp is None and not args.cfg_parallel:
+        return None
+    from lumina_rt.parallel import ParallelConfig
+
+    return ParallelConfig(sp=1 if args.sp is None else args.sp, cfg_parallel=args.cfg_parallel)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -70,3 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     except LuminaError as exc:
         print(f"lumina-rt {args.command}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if "torch.distributed" in sys.modules:
+            from lumina_rt.parallel import shutdown
+
+            shutdown()

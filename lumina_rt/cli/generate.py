@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from lumina_rt.cli import Runner
+from lumina_rt.cli import Runner, add_parallel_flags, parallel_config
 
 
 def _time_aware(text: str | None):
@@ -51,6 +51,7 @@ def add(p: argparse.ArgumentParser) -> Runner:
         "--cache", default=None, help="step caching: off (default), safe, fast, or a threshold (docs/caching.md)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_parallel_flags(p)
     return run
 
 
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     if args.builtin == (args.engine_dir is not None):
         raise InputError("give an engine directory or --builtin (one of the two)")
     engine_dir = builtin_engines() if args.builtin else Path(args.engine_dir)
-    runtime = Runtime(engine_dir, backend=args.backend)
+    runtime = Runtime(engine_dir, backend=args.backend, parallel=parallel_config(args))
     if args.builtin:
         f, h, w = BUILTIN_DEFAULT_SIZE
         args.frames, args.height, args.width = args.frames or f, args.height or h, args.width or w
@@ -91,8 +92,10 @@ def run(args: argparse.Namespace) -> int:
         neg_motion=_time_aware(args.neg_motion),
         seed=args.seed,
         cache=args.cache,
-        progress=not args.no_progress,
+        progress=not args.no_progress and runtime.is_main,
     )
+    if not runtime.is_main:  # every process holds the result; rank 0 alone writes it
+        return 0
     scale = args.scale if args.scale is not None else (4 if args.builtin else 1)
     path = result.save(args.out, fps=args.fps, scale=scale)
     kind = "frames" if result.frames is not None else "latent preview (no decoder in the engine directory)"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lumina_rt.cli import Runner
+from lumina_rt.cli import Runner, add_parallel_flags, parallel_config
 
 
 def add(p: argparse.ArgumentParser) -> Runner:
@@ -18,6 +18,7 @@ def add(p: argparse.ArgumentParser) -> Runner:
     p.add_argument("--engine-dir", default=None, help="check built engines in this directory instead of the model")
     p.add_argument("--tolerance", type=float, default=TOLERANCE, help="max relative error per case (default 1e-5)")
     p.add_argument("--json", action="store_true", help="print results as JSON")
+    add_parallel_flags(p)
     return run
 
 
@@ -29,27 +30,41 @@ def run(args: argparse.Namespace) -> int:
     from lumina_rt.parity import ModelParityTarget, load_fixture, results_to_json, run_parity
 
     fixture = load_fixture(args.fixture)
+    parallel = parallel_config(args)
+    main_rank = True
     if args.engine_dir is not None:
         from lumina_rt.runtime import Runtime
 
-        runtime = Runtime(args.engine_dir)
+        runtime = Runtime(args.engine_dir, parallel=parallel)
         runtime.check_config(fixture.config)
         target = runtime.parity_target()
         label = f"engines:{runtime.backend_name}"
+        main_rank = runtime.is_main
     else:
         ops.set_backend(args.backend)
         model = MultiScaleNextDiT(fixture.config).eval()
         model.load_state_dict(fixture.state_dict, strict=True)
         target = ModelParityTarget(model)
         label = args.backend
+        if parallel is not None:
+            from lumina_rt.engines.parallel import parallel_velocity
+            from lumina_rt.parallel import init_mesh
+
+            mesh = init_mesh(parallel, device="cpu", n_heads=fixture.config.n_heads)
+            target = parallel_velocity(model, mesh)
+            main_rank = mesh.get_rank() == 0
+    if parallel is not None:
+        label += f" (cfg {parallel.cfg} x sp {parallel.sp})"
 
     def show(r):
-        if not args.json:
+        if not args.json and main_rank:
             print(f"{'PASS' if r.passed else 'FAIL'}  {r.rel_err:.3e}  {r.kind:<22} {r.case}", flush=True)
 
     with torch.no_grad():
         results = run_parity(fixture, target, args.tolerance, on_result=show)
     ok = all(r.passed for r in results)
+    if not main_rank:
+        return 0 if ok else 1
     if args.json:
         print(results_to_json(fixture, label, results, args.tolerance))
     else:

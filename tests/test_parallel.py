@@ -266,3 +266,16 @@ def test_torchrun_parity_and_bad_layout():
     res = _torchrun(2, "parity", fixture, "--sp", "2", "--cfg-parallel", timeout=120)
     assert res.returncode != 0
     assert res.stderr.count("error: ParallelError: world size 2 is not cfg x sp = 2 x 2 = 4") == 2, res.stderr
+
+
+def test_onnx_or_tensorrt_engines_stay_single_device():
+    from types import SimpleNamespace
+
+    from lumina_rt.engines.parallel import SequenceParallelVelocity
+    from lumina_rt.errors import ParallelError
+
+    onnx = SimpleNamespace(
+        patch_combos=("1x2",), backends={"1x2": "onnxruntime"}, engine=lambda combo: SimpleNamespace(combo=combo)
+    )
+    with pytest.raises(ParallelError, match="scale 1x2 runs on engine backend 'onnxruntime'"):
+        SequenceParallelVelocity.from_engines(onnx, mesh=None)

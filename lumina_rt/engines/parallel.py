@@ -74,6 +74,12 @@ class SequenceParallelVelocity:
         self.sp = mesh.size(mesh.mesh_dim_names.index("sp"))
         self.rank = dist.get_rank(self.group)
         ParallelConfig(sp=self.sp).validate(n_heads=self.config.n_heads)
+        device = next(model.parameters()).device
+        if device.type != mesh.device_type:
+            raise ParallelError(
+                f"the model is on {device.type} but the device mesh communicates on {mesh.device_type}: run gloo "
+                "meshes with CPU engines and NCCL meshes with CUDA engines"
+            )
         self.engines = engines
         self._scale_engines = scale_engines or {}
 
@@ -166,6 +172,7 @@ class CfgParallelVelocity:
         self.group = mesh.get_group("cfg")
         self.cfg = mesh.size(mesh.mesh_dim_names.index("cfg"))
         self.rank = dist.get_rank(self.group)
+        self.device = torch.device(mesh.device_type)  # where the exchange runs (NCCL: the current GPU)
 
     def velocity(
         self,
@@ -180,10 +187,11 @@ class CfgParallelVelocity:
         if self.cfg == 1 or b % self.cfg:
             return self.inner(x, t, cap_feats, cap_mask, motion, combo)
         rows = slice(self.rank * (b // self.cfg), (self.rank + 1) * (b // self.cfg))
-        out = self.inner(x[rows], t[rows], cap_feats[rows], cap_mask[rows], motion[rows], combo).float().contiguous()
+        out = self.inner(x[rows], t[rows], cap_feats[rows], cap_mask[rows], motion[rows], combo)
+        out = out.to(self.device, torch.float32).contiguous()
         parts = [torch.empty_like(out) for _ in range(self.cfg)]
         dist.all_gather(parts, out, group=self.group)
-        return torch.cat(parts)
+        return torch.cat(parts).to(x.device)
 
     __call__ = velocity
 

@@ -48,3 +48,37 @@ def weight_bytes(config: ModelConfig, bytes_per_param: int = 4) -> int:
             size *= s
         n += size
     return n * bytes_per_param
+
+
+def ulysses_bytes(config: ModelConfig, combo: str, tokens: int, sp: int, bytes_per_elem: int = 2) -> int:
+    """Bytes one process sends in one forward of one sample under Ulysses sequence parallel over `sp` processes.
+
+    Per layer: q, k, v (key / value heads expanded to the query heads) out and the attention output back, each
+    process keeping 1/sp of its ceil(tokens / sp) tokens; then the final all-gather of the fp32 outputs.
+    """
+    if sp == 1:
+        return 0
+    pf, p = config.check_combo(combo)
+    local = -(-tokens // sp)
+    per_layer = 4 * local * config.dim * bytes_per_elem * (sp - 1) // sp
+    gather = local * pf * p * p * config.in_channels * 4 * (sp - 1)
+    return config.n_layers * per_layer + gather
+
+
+def predict_step_seconds(
+    config: ModelConfig,
+    combo: str,
+    tokens: int,
+    cap_len: int,
+    sp: int,
+    cfg: int,
+    matmul_flops_per_s: float,
+    link_bytes_per_s: float,
+) -> float:
+    """Predicted seconds of one guided step (two branches) on cfg x sp devices: each device's share of the matmul
+    FLOPs at `matmul_flops_per_s` plus its all-to-all bytes at `link_bytes_per_s`, not overlapped (a bound; the
+    caption cross-attention projections, replicated on every device, are counted once per device)."""
+    branches_per_group = 2 // cfg
+    flops = forward_flops(config, combo, tokens, cap_len, batch=branches_per_group) / sp
+    comm = branches_per_group * ulysses_bytes(config, combo, tokens, sp)
+    return flops / matmul_flops_per_s + comm / link_bytes_per_s

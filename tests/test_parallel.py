@@ -279,3 +279,17 @@ def test_onnx_or_tensorrt_engines_stay_single_device():
     )
     with pytest.raises(ParallelError, match="scale 1x2 runs on engine backend 'onnxruntime'"):
         SequenceParallelVelocity.from_engines(onnx, mesh=None)
+
+
+def test_scaling_model():
+    from lumina_rt.config import ModelConfig
+    from lumina_rt.flops import forward_flops, predict_step_seconds, ulysses_bytes
+
+    cfg = ModelConfig.from_name("f24R960")
+    assert ulysses_bytes(cfg, "1x2", 82368, 1) == 0
+    # sp 2: each process sends half of its 41,184 tokens' q, k, v and output (bf16) per layer, plus the final gather.
+    assert ulysses_bytes(cfg, "1x2", 82368, 2) == 24 * 4 * 41184 * 2304 * 2 // 2 + 41184 * 16 * 2 * 2 * 4
+    assert ulysses_bytes(cfg, "2x4", 10297, 4) == ulysses_bytes(cfg, "2x4", 10300, 4)  # padded to a multiple of sp
+    one = predict_step_seconds(cfg, "2x2", 41184, 128, 1, 1, 1e12, 1e9)
+    assert one == pytest.approx(forward_flops(cfg, "2x2", 41184, 128, batch=2) / 1e12)
+    assert predict_step_seconds(cfg, "2x2", 41184, 128, 1, 2, 1e12, 1e9) == pytest.approx(one / 2)

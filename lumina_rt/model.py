@@ -126,6 +126,11 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Te
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
+def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The single-device attention [B, H, N, Dh] (what `Attention` uses without an `attention_fn`)."""
+    return _attention(q, k, v, mask)
+
+
 def _attention_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """softmax(q k^T / sqrt(d) + mask) v, the SDPA math; `mask` is boolean (True = attend)."""
     scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5

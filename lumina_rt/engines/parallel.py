@@ -28,7 +28,7 @@ from lumina_rt import ops
 from lumina_rt.engines.engine_set import EngineSet
 from lumina_rt.engines.torch_engine import TorchScaleEngine
 from lumina_rt.errors import InputError, ParallelError
-from lumina_rt.model import MultiScaleNextDiT, _attention, rope_tables
+from lumina_rt.model import MultiScaleNextDiT, local_attention, rope_tables
 from lumina_rt.parallel import ParallelConfig
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class UlyssesAttention:
         # [3, B, Hq, n, Dh] -> chunk j (heads j*hs..) to process j -> chunk i is sequence slice i of my heads.
         qkv = torch.stack([q, k, v]).view(3, b, sp, hs, n, d).permute(2, 0, 1, 3, 4, 5).contiguous()
         qkv = self._exchange(qkv).permute(1, 2, 3, 0, 4, 5).reshape(3, b, hs, sp * n, d)
-        out = _attention(qkv[0], qkv[1], qkv[2], self.key_mask)  # [B, hs, sp*n, Dh]
+        out = local_attention(qkv[0], qkv[1], qkv[2], self.key_mask)  # [B, hs, sp*n, Dh]
         out = out.view(b, hs, sp, n, d).permute(2, 0, 1, 3, 4).contiguous()
         return self._exchange(out).permute(1, 0, 2, 3, 4).reshape(b, h, n, d)
 

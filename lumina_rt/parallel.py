@@ -74,15 +74,35 @@ def env_world() -> tuple[int, int, int]:
         raise ParallelError(f"malformed torchrun environment (WORLD_SIZE / RANK / LOCAL_RANK): {exc}") from None
 
 
+DEFAULT_TIMEOUT_S = 300.0
+
+
+def dist_timeout_s() -> float:
+    """The process-group timeout in seconds: `LUMINA_RT_DIST_TIMEOUT` if set, else DEFAULT_TIMEOUT_S."""
+    raw = os.environ.get("LUMINA_RT_DIST_TIMEOUT")
+    if raw is None or raw.strip() == "":
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise ParallelError(f"LUMINA_RT_DIST_TIMEOUT must be a positive number of seconds, got {raw!r}")
+    return value
+
+
 def init_mesh(
     config: ParallelConfig,
     device: str | None = None,
     n_heads: int | None = None,
-    timeout_s: float = 300.0,
+    timeout_s: float | None = None,
 ) -> DeviceMesh:
     """The (cfg, sp) device mesh of this process, from the torchrun environment; initialises the process group
     (gloo on the CPU, NCCL on CUDA) unless one exists. The layout is checked before any communication, so a bad
-    one raises the same ParallelError on every rank."""
+    one raises the same ParallelError on every rank. `timeout_s` (default: `LUMINA_RT_DIST_TIMEOUT` seconds, else
+    300) bounds how long a collective waits for a process that never joins it."""
+    if timeout_s is None:
+        timeout_s = dist_timeout_s()
     world, rank, local_rank = env_world()
     if dist.is_initialized():
         world, rank = dist.get_world_size(), dist.get_rank()

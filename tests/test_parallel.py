@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -293,3 +294,99 @@ def test_scaling_model():
     one = predict_step_seconds(cfg, "2x2", 41184, 128, 1, 1, 1e12, 1e9)
     assert one == pytest.approx(forward_flops(cfg, "2x2", 41184, 128, batch=2) / 1e12)
     assert predict_step_seconds(cfg, "2x2", 41184, 128, 1, 2, 1e12, 1e9) == pytest.approx(one / 2)
+
+
+# ------------------------------------------------------------------------------------------- failures under torchrun
+
+FAILURE_TIMEOUT_S = 120.0
+
+
+def _failed_ranks(stderr: str) -> dict[int, str]:
+    """{rank: exit code} from torchrun's summary of failed workers."""
+    pairs = re.findall(r"rank\s*:\s*(\d+) \(local_rank: \d+\)\s*exitcode\s*:\s*(-?\d+)", stderr)
+    return {int(rank): code for rank, code in pairs}
+
+
+def _generate_argv(tmp_path: Path, engine_dir: Path, out: Path, *extra: str) -> list[str]:
+    from safetensors.torch import save_file
+
+    from lumina_rt.parity import load_fixture
+
+    fx = load_fixture(require(PUBLIC_FIXTURE))
+    feats = tmp_path / "caption.safetensors"
+    save_file({k: fx.get(f"in.{k}")[:1].contiguous() for k in ("cap_feats", "cap_mask")}, str(feats))
+    return ["generate", str(engine_dir), "--caption-features", str(feats), "--out", str(out), "--frames", "2",
+            "--height", "16", "--steps", "3", "--schedule", "1x2", "--cfg", "0", "--sp", "2", *extra]  # fmt: skip
+
+
+def test_torchrun_shape_outside_profile_fails_every_rank_without_a_video(tmp_path, torch_engines):
+    out = tmp_path / "v.gif"
+    start = time.monotonic()
+    res = _torchrun(2, *_generate_argv(tmp_path, torch_engines, out, "--width", "4096"), timeout=FAILURE_TIMEOUT_S)
+    assert time.monotonic() - start < FAILURE_TIMEOUT_S
+    assert res.returncode != 0, res.stdout
+    # raised on every rank before any exchange; the first rank to exit with it (2) makes torchrun end the other,
+    # which may have printed the same error first
+    failed = _failed_ranks(res.stderr)
+    assert set(failed) == {0, 1} and "2" in failed.values() and "0" not in failed.values(), res.stderr[-3000:]
+    errors = [line for line in res.stderr.splitlines() if "lumina-rt generate: error: EngineError" in line]
+    assert len(errors) in (1, 2) and len(set(errors)) == 1 and "2x16x4096" in errors[0], res.stderr[-3000:]
+    assert not out.exists() and "wrote " not in res.stdout
+
+
+def test_torchrun_rank_raising_mid_run_fails_every_rank_without_a_video(tmp_path, torch_engines):
+    """Rank 1 raises after both ranks entered the collectives (injected by the test's launcher script): torchrun
+    ends the run, every worker exits non-zero, rank 0 writes nothing, and nothing hangs."""
+    out = tmp_path / "v.gif"
+    launcher = Path(__file__).with_name("_parallel_fail_rank.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
+           str(launcher), "1", *_generate_argv(tmp_path, torch_engines, out, "--width", "16")]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LUMINA_RT_DIST_TIMEOUT": "30"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), env.get("PYTHONPATH")]))
+    start = time.monotonic()
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=FAILURE_TIMEOUT_S, env=env)
+    assert time.monotonic() - start < FAILURE_TIMEOUT_S
+    assert res.returncode != 0, res.stdout
+    failed = _failed_ranks(res.stderr)  # rank 1: its error (2); rank 0: gloo's lost peer (1) or torchrun's SIGTERM
+    assert set(failed) == {0, 1} and failed[1] == "2" and failed[0] != "0", res.stderr[-3000:]
+    message = "lumina-rt generate: error: InputError: injected failure on rank 1 at velocity call 2"
+    assert res.stderr.count(message) == 1, res.stderr[-3000:]
+    assert not out.exists() and "wrote " not in res.stdout
+
+
+def test_dist_timeout_from_the_environment(monkeypatch):
+    from lumina_rt.errors import ParallelError
+    from lumina_rt.parallel import DEFAULT_TIMEOUT_S, dist_timeout_s
+
+    monkeypatch.delenv("LUMINA_RT_DIST_TIMEOUT", raising=False)
+    assert dist_timeout_s() == DEFAULT_TIMEOUT_S
+    monkeypatch.setenv("LUMINA_RT_DIST_TIMEOUT", "12.5")
+    assert dist_timeout_s() == 12.5
+    for bad in ("0", "-3", "soon", "inf"):
+        monkeypatch.setenv("LUMINA_RT_DIST_TIMEOUT", bad)
+        with pytest.raises(ParallelError, match=f"must be a positive number of seconds, got '{bad}'"):
+            dist_timeout_s()
+
+
+@pytest.mark.parametrize(
+    "name, nproc, sp", [("nogqa-noqknorm", 2, 2), ("dim192-3heads-1kv", 3, 3)], ids=["nogqa-sp2", "3heads-1kv-sp3"]
+)
+def test_torchrun_parity_on_generated_fixtures(name, nproc, sp):
+    """Fixtures other than the public one: no GQA / no qk-norm / patch sizes 2, 4 / 3 input channels, and 3 query
+    heads on 1 KV head (sp 3 > KV heads)."""
+    from tests._engine_fixtures import fixture_path
+
+    res = _torchrun(nproc, "parity", str(fixture_path(name)), "--sp", str(sp), "--json")
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads(res.stdout)
+    assert report["passed"] and report["backend"] == f"torch (cfg 1 x sp {sp})", report
+    assert all(c["passed"] for c in report["cases"]) and len(report["cases"]) >= 10
+
+
+def test_torchrun_parity_sp_not_dividing_the_heads_of_a_generated_fixture():
+    from tests._engine_fixtures import fixture_path
+
+    res = _torchrun(2, "parity", str(fixture_path("dim192-3heads-1kv")), "--sp", "2", timeout=FAILURE_TIMEOUT_S)
+    assert res.returncode != 0
+    message = "error: ParallelError: sp=2 does not divide the model's 3 query heads; sp may be one of [1, 3]"
+    assert 1 <= res.stderr.count(message) <= 2, res.stderr[-3000:]

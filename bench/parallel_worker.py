@@ -24,7 +24,7 @@ def _median_ms(fn, sync) -> float:
 
 def worker(rank: int, world: int, port: int, out_dir: str, combos: tuple[str, ...]) -> None:
     import torch.distributed as dist
-    from test_latency import _inputs, _model
+    from test_latency import bench_inputs, bench_model
 
     from lumina_rt.engines.parallel import parallel_velocity
     from lumina_rt.parallel import ParallelConfig, init_mesh, shutdown
@@ -33,10 +33,10 @@ def worker(rank: int, world: int, port: int, out_dir: str, combos: tuple[str, ..
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
     )
     torch.set_num_threads(1)
-    model = _model()
+    model = bench_model()
     mesh = init_mesh(ParallelConfig(sp=world), device="cpu", n_heads=model.config.n_heads, timeout_s=600)
     pv = parallel_velocity(model, mesh)
-    x, t, cap, mask, motion = _inputs(2, torch.float32)
+    x, t, cap, mask, motion = bench_inputs(2, torch.float32)
     result = {}
     try:
         with torch.no_grad():

@@ -32,7 +32,7 @@ SIZES = f"{MODEL_SIZE} model size, latent {'x'.join(map(str, LATENT))}, {CAP_LEN
 
 
 @functools.cache
-def _model(dtype: torch.dtype = torch.float32) -> MultiScaleNextDiT:
+def bench_model(dtype: torch.dtype = torch.float32) -> MultiScaleNextDiT:
     torch.manual_seed(0)
     model = MultiScaleNextDiT(ModelConfig.from_name(MODEL_SIZE)).eval()
     with torch.no_grad():  # non-zero gates / modulation so every branch does real work
@@ -43,9 +43,9 @@ def _model(dtype: torch.dtype = torch.float32) -> MultiScaleNextDiT:
     return model.to(dtype)
 
 
-def _inputs(batch: int, dtype: torch.dtype):
+def bench_inputs(batch: int, dtype: torch.dtype):
     g = torch.Generator().manual_seed(1)
-    cfg = _model().config
+    cfg = bench_model().config
     x = torch.randn(batch, *LATENT, generator=g).to(dtype)
     cap = torch.randn(batch, CAP_LEN, cfg.cap_feat_dim, generator=g).to(dtype)
     mask = torch.ones(batch, CAP_LEN, dtype=torch.long)
@@ -59,7 +59,7 @@ def _engine_dir() -> Path:
     from lumina_rt.engines.profiles import ServeShapes
     from lumina_rt.export.build_engines import build
 
-    model = _model()
+    model = bench_model()
     root = Path(tempfile.mkdtemp(prefix="lumina_rt_bench_"))
     save_native(root / "ckpt", model.config, model.state_dict())
     shapes = ServeShapes(resolutions=(LATENT[2:],), frames=(LATENT[1],), max_batch=2, max_caption=CAP_LEN)
@@ -86,8 +86,8 @@ def test_step(benchmark, combo, backend, dtype_name):
     if backend != "onnxruntime" and backend not in ops.available_backends():
         pytest.fail(f"kernel backend {backend!r} is not available: the C++ extension lumina_rt._C is not built")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
-    model = _model(dtype)
-    x, t, cap, mask, motion = _inputs(2, dtype)
+    model = bench_model(dtype)
+    x, t, cap, mask, motion = bench_inputs(2, dtype)
     cfg = model.config
 
     def step():
@@ -134,7 +134,7 @@ def test_auto_over_torch():
     from lumina_rt.engines.engine_set import EngineSet
 
     auto, eager = EngineSet(_engine_dir()), EngineSet(_engine_dir(), backend="torch")
-    x, t, cap, mask, motion = _inputs(2, torch.float32)
+    x, t, cap, mask, motion = bench_inputs(2, torch.float32)
     ratios, chosen = {}, {}
     for combo in ("1x2", "2x2", "2x4"):
         chosen[combo] = auto.backends[combo]
@@ -170,7 +170,7 @@ def test_bf16_over_fp32_summary():
 
 
 def _sample_ms(preset: str, velocity_fn, cache: str | None = None) -> tuple[float, list[str]]:
-    cfg = _model().config
+    cfg = bench_model().config
     sc = SampleConfig.from_name(preset).replace(step=E2E_STEPS)
     g = torch.Generator().manual_seed(0)
     z = torch.randn(1, *LATENT, generator=g)
@@ -192,7 +192,7 @@ def _sample_ms(preset: str, velocity_fn, cache: str | None = None) -> tuple[floa
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
 def test_end_to_end_multiscale_vs_single(backend):
     """End-to-end sampling with the released f24F96R960 schedules (single vs multi-scale), same steps and backend."""
-    velocity_fn = _ort_runtime().velocity if backend == "onnxruntime" else _model().velocity
+    velocity_fn = _ort_runtime().velocity if backend == "onnxruntime" else bench_model().velocity
     single_ms, single_combos = _sample_ms("f24F96R960", velocity_fn)
     multi_ms, multi_combos = _sample_ms("f24F96R960-MultiScale", velocity_fn)
     assert set(single_combos) == {"1x2"} and {"2x4", "2x2", "1x2"} <= set(multi_combos)

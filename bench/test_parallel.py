@@ -22,7 +22,7 @@ import pytest
 import report_rows
 import torch
 import torch.multiprocessing as mp
-from test_latency import LATENT, SIZES, _model
+from test_latency import LATENT, SIZES, bench_model
 
 from lumina_rt.config import ModelConfig
 from lumina_rt.flops import predict_step_seconds, token_count, ulysses_bytes
@@ -64,7 +64,7 @@ def _run_workers(world: int) -> dict:
 
 
 def test_sequence_parallel_step():
-    config = _model().config
+    config = bench_model().config
     result = _run_workers(2)
     ratios = {}
     for combo in COMBOS:

@@ -58,7 +58,7 @@ from lumina_rt.engines.weights import WEIGHTS_FILE, write_param_store
 from lumina_rt.errors import BackendUnavailableError, ConfigError, EngineError
 from lumina_rt.files import atomic_write
 from lumina_rt.sampling import SAMPLE_PRESETS, SampleConfig
-from lumina_rt.tolerances import PRECISIONS, TOLERANCE
+from lumina_rt.tolerances import DTYPES, PRECISIONS, TOLERANCE
 
 logger = logging.getLogger("lumina_rt.build")
 
@@ -666,7 +666,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="local CogVideoX VAE folder (diffusers layout, e.g. CogVideoX-2b/vae): videos are decoded as released "
         "(needs the 'vae' extra); also sets the released latent spec (16 channels, x4 time, x8 space)",
     )
-    dtypes = ["auto", *components.DTYPES]
+    dtypes = ["auto", *DTYPES]
     released.add_argument(
         "--text-encoder-dtype", default="auto", choices=dtypes, help="auto: bf16 on CUDA, fp32 on the CPU"
     )

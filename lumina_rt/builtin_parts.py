@@ -328,29 +328,24 @@ def generate_reference(
     `sample`: "single_scale" / "multi_scale" (the checkpoint's presets) or a SampleConfig dict; `motion` may
     be one score per prompt (negative: unconditioned). Negative condition: the system prompt alone.
     """
-    from lumina_rt.pipeline import reference_pipeline
+    from lumina_rt.pipeline import Pipeline
 
-    pipeline = reference_pipeline(str(Path(builtin_dir() if directory is None else directory).resolve()))
+    pipeline = Pipeline.from_checkpoint(builtin_dir() if directory is None else directory)
     if pipeline.decoder() is None:
         raise TextEncoderError(f"{str(pipeline.components_dir)!r} has no components.json naming a decoder")
-    recipe: dict[str, Any] = {}
     per_item = list(motion) if isinstance(motion, (list, tuple)) else None
-    if motion is not None and per_item is None:
-        recipe["motion"] = float(motion)
-    if steps is not None:
-        recipe["steps"] = int(steps)
-    if cfg is not None:
-        recipe["cfg"] = float(cfg)
     result = pipeline.generate(
         prompt,
         frames=frames,
         height=height,
         width=width,
         preset=sample,
+        steps=steps,
+        cfg=cfg,
+        motion=None if motion is None or per_item is not None else float(motion),
         item_motion=per_item,
         seed=seed,
         progress=progress,
-        **{k: v for k, v in recipe.items() if v is not None},
     )
     assert result.frames is not None
     return result.frames

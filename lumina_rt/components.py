@@ -35,13 +35,13 @@ from typing import Any, Protocol
 import torch
 
 from lumina_rt.errors import CheckpointError, DecoderError, InputError, TextEncoderError
+from lumina_rt.tolerances import DTYPES
 
 logger = logging.getLogger(__name__)
 
 COMPONENTS_FILE = "components.json"
 # The released pipeline's latent space: CogVideoX-2b's VAE (16 channels, x4 in time, x8 in space).
 RELEASED_LATENT = {"channels": 16, "temporal_factor": 4, "spatial_factor": 8, "scale": 1.15258426}
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class TextEncoder(Protocol):

@@ -172,12 +172,12 @@ def evaluate_model(
     """
     from lumina_rt.builtin_parts import builtin_dir, sample_presets
     from lumina_rt.caching import StepCache
-    from lumina_rt.pipeline import reference_pipeline
+    from lumina_rt.pipeline import Pipeline
     from lumina_rt.video import write_video
 
     directory = Path(builtin_dir() if directory is None else directory)
     policy = StepCache.from_setting(cache)
-    pipeline = reference_pipeline(str(directory.resolve()))
+    pipeline = Pipeline.from_checkpoint(directory)
     prompts = eval_prompts()
     report: dict[str, Any] = {
         "model": str(directory),

@@ -104,6 +104,14 @@ def rope_tables(
     return cos.to(device), sin.to(device)
 
 
+def latent_rope_tables(
+    config: ModelConfig, frames: int, height: int, width: int, pf: int, p: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`rope_tables` of a latent grid [F, H, W] patched (pf, p, p); an image (F = 1) counts as pf frames."""
+    f_compute = pf if frames == 1 else frames
+    return rope_tables(f_compute // pf, height // p, width // p, config.head_dim, config.rope_theta, device)
+
+
 # ------------------------------------------------------------------------------------------------
 # Transformer
 # ------------------------------------------------------------------------------------------------
@@ -370,15 +378,7 @@ class MultiScaleNextDiT(nn.Module):
         if self.check_inputs and not _tracing():
             _check_batch_inputs(self.config, x, t, cap_feats, cap_mask, motion_score, f_patch_size, patch_size)
         _, _, frames, height, width = x.shape
-        f_compute = f_patch_size if frames == 1 else frames
-        cos, sin = rope_tables(
-            f_compute // f_patch_size,
-            height // patch_size,
-            width // patch_size,
-            self.config.head_dim,
-            self.config.rope_theta,
-            x.device,
-        )
+        cos, sin = latent_rope_tables(self.config, frames, height, width, f_patch_size, patch_size, x.device)
         tokens = ops.patchify(x, f_patch_size, patch_size, patch_size)
         out = self.forward_tokens(tokens, cos, sin, t, cap_feats, cap_mask, motion_score, combo)
         return ops.unpatchify(out, frames, height, width, f_patch_size, patch_size, patch_size)

@@ -11,7 +11,6 @@ Components (text encoder, decoder, latent spec, sample presets) come from the di
 
 from __future__ import annotations
 
-import functools
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -346,9 +345,3 @@ class Pipeline:
             steps=used,
             cache=None if run is None else run.summary(),
         )
-
-
-@functools.lru_cache(maxsize=4)
-def reference_pipeline(directory: str) -> Pipeline:
-    """`Pipeline.from_checkpoint` of a resolved directory path, kept for repeated calls (evaluation loops)."""
-    return Pipeline.from_checkpoint(directory)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 PRECISIONS = ("fp32", "fp16", "bf16")  # engine precisions (`lumina-rt build --precision`; fp16 / bf16: TensorRT)
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # precision name -> torch dtype
 
 # Maximum relative error, by what is compared:
 TOLERANCES: dict[str, float] = {

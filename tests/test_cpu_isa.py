@@ -71,19 +71,29 @@ def has_avx512_bf16(C) -> bool:
     return True
 
 
-@pytest.fixture(params=ISAS)
-def isa(request, C, monkeypatch):
-    """The test runs with one ISA's row kernels (skipped where this CPU / build cannot run it); NaN-poisoned outputs."""
+def _run_with(param, C, monkeypatch):
+    """Run the test with one ISA's row kernels (skipped where this CPU / build cannot run it); NaN-poisoned outputs."""
     from lumina_rt.kernels import _common
 
-    name, hw_bf16 = request.param
+    name, hw_bf16 = param
     if name not in C.supported_isas():
         pytest.skip(f"this CPU / build cannot run {name}; it runs {C.supported_isas()}")
     if hw_bf16 and not has_avx512_bf16(C):
         pytest.skip("this CPU has no AVX512-BF16")
     monkeypatch.setattr(_common, "POISON_OUTPUTS", True)
     with using(C, name, hw_bf16):
-        yield request.param
+        yield param
+
+
+@pytest.fixture(params=ISAS)
+def isa(request, C, monkeypatch):
+    yield from _run_with(request.param, C, monkeypatch)
+
+
+@pytest.fixture(params=[p for p in ISAS if p.values[0][0] != "portable"])
+def vector_isa(request, C, monkeypatch):
+    """The SIMD ISAs only (the portable kernels have no streaming stores)."""
+    yield from _run_with(request.param, C, monkeypatch)
 
 
 def assert_near_portable(C, out: torch.Tensor, run, what: str) -> None:
@@ -155,10 +165,9 @@ def test_rope_qk(isa, C, cpu, shape, dtype, atol):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_streaming_stores(isa, C, cpu, dtype):
+def test_streaming_stores(vector_isa, C, cpu, dtype):
     """Outputs of 16 MiB and more take the vector kernels' non-temporal stores."""
-    if isa[0] == "portable":
-        pytest.skip("the portable kernels never stream")
+    isa = vector_isa
     wide = dtype == torch.float32  # 4-byte elements: half the rows make 16 MiB
     x, y, w, s, g = tmod._inputs((1, 2048 if wide else 4096, 2048), dtype, 45, "cpu")
     q, k, cos, sin = trope._inputs((1, 4096, 8 if wide else 16, 8, 144), dtype, False, 46, "cpu")

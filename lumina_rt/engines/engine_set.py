@@ -28,7 +28,7 @@ from lumina_rt.engines.manifest import read_manifest, validate_manifest, verify_
 from lumina_rt.engines.profiles import ScaleProfile, scale_tokens
 from lumina_rt.engines.weights import WeightStore
 from lumina_rt.errors import BackendUnavailableError, ConfigError, EngineError, InputError
-from lumina_rt.model import rope_tables
+from lumina_rt.model import latent_rope_tables
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +158,8 @@ class EngineSet:
 
         chosen = {}
         for combo in self.patch_combos:
-            order = [*self.ranking(combo), *(b for b in UNMEASURED_ORDER if b not in self.ranking(combo))]
+            measured = self.ranking(combo)
+            order = [*measured, *(b for b in UNMEASURED_ORDER if b not in measured)]
             name = next((b for b in order if can_run(b)), None)
             if name is None:
                 raise BackendUnavailableError(f"no engine backend can run here: {self.backend_reasons}")
@@ -281,8 +282,7 @@ class EngineSet:
                 f"unsupported resolution {frames}x{height}x{width} (latent) for scale {combo}: {exc}"
             ) from None
         index = self.profiles[combo].select(b, n, int(cap_feats.shape[1]))
-        f_compute = pf if frames == 1 else frames
-        cos, sin = rope_tables(f_compute // pf, height // p, width // p, self.config.head_dim, self.config.rope_theta)
+        cos, sin = latent_rope_tables(self.config, frames, height, width, pf, p)
         with ops.use_backend("torch"):
             tokens = ops.patchify(x.float(), pf, p, p)
         return tokens, cos, sin, index
@@ -297,12 +297,25 @@ class EngineSet:
         combo: str,
     ) -> list[torch.Tensor]:
         """Items [C, F_i, H_i, W_i] of different sizes, run one by one (each sees only its own caption)."""
-        if len(items) == 0:
-            raise InputError("forward_list got an empty list of items")
-        out = []
-        for i, item in enumerate(items):
-            if item.dim() != 4:
-                raise InputError(f"list item {i} must be [C, F, H, W], got shape {tuple(item.shape)}")
-            sl = slice(i, i + 1)
-            out.append(self.velocity(item[None], t[sl], cap_feats[sl], cap_mask[sl], motion[sl], combo)[0])
-        return out
+        return forward_items(self.velocity, items, t, cap_feats, cap_mask, motion, combo)
+
+
+def forward_items(
+    velocity: Callable[..., torch.Tensor],
+    items: list[torch.Tensor],
+    t: torch.Tensor,
+    cap_feats: torch.Tensor,
+    cap_mask: torch.Tensor,
+    motion: torch.Tensor,
+    combo: str,
+) -> list[torch.Tensor]:
+    """`forward_list` through a batch velocity function: items [C, F_i, H_i, W_i] one by one, row i's conditions."""
+    if len(items) == 0:
+        raise InputError("forward_list got an empty list of items")
+    out = []
+    for i, item in enumerate(items):
+        if item.dim() != 4:
+            raise InputError(f"list item {i} must be [C, F, H, W], got shape {tuple(item.shape)}")
+        sl = slice(i, i + 1)
+        out.append(velocity(item[None], t[sl], cap_feats[sl], cap_mask[sl], motion[sl], combo)[0])
+    return out

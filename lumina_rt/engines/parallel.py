@@ -25,10 +25,10 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh
 
 from lumina_rt import ops
-from lumina_rt.engines.engine_set import EngineSet
+from lumina_rt.engines.engine_set import EngineSet, forward_items
 from lumina_rt.engines.torch_engine import TorchScaleEngine
-from lumina_rt.errors import InputError, ParallelError
-from lumina_rt.model import MultiScaleNextDiT, local_attention, rope_tables
+from lumina_rt.errors import ParallelError
+from lumina_rt.model import MultiScaleNextDiT, latent_rope_tables, local_attention
 from lumina_rt.parallel import ParallelConfig
 
 logger = logging.getLogger(__name__)
@@ -109,10 +109,7 @@ class SequenceParallelVelocity:
         pf, p = self.config.check_combo(combo)
         if self.model.check_inputs:
             self.model.check_batch(x, t, cap_feats, cap_mask, motion, combo)
-        frames, height, width = x.shape[2:]
-        f_compute = pf if frames == 1 else frames
-        cfg = self.config
-        cos, sin = rope_tables(f_compute // pf, height // p, width // p, cfg.head_dim, cfg.rope_theta)
+        cos, sin = latent_rope_tables(self.config, *x.shape[2:], pf, p)
         with ops.use_backend("torch"):
             return ops.patchify(x.float(), pf, p, p), cos, sin
 
@@ -161,7 +158,7 @@ class SequenceParallelVelocity:
 
     def forward_list(self, items, t, cap_feats, cap_mask, motion, combo) -> list[torch.Tensor]:
         """Items [C, F_i, H_i, W_i] of different sizes, one by one (each sees only its own caption)."""
-        return _forward_list(self.velocity, items, t, cap_feats, cap_mask, motion, combo)
+        return forward_items(self.velocity, items, t, cap_feats, cap_mask, motion, combo)
 
 
 class CfgParallelVelocity:
@@ -196,19 +193,7 @@ class CfgParallelVelocity:
     __call__ = velocity
 
     def forward_list(self, items, t, cap_feats, cap_mask, motion, combo) -> list[torch.Tensor]:
-        return _forward_list(self.velocity, items, t, cap_feats, cap_mask, motion, combo)
-
-
-def _forward_list(velocity, items, t, cap_feats, cap_mask, motion, combo) -> list[torch.Tensor]:
-    if len(items) == 0:
-        raise InputError("forward_list got an empty list of items")
-    out = []
-    for i, item in enumerate(items):
-        if item.dim() != 4:
-            raise InputError(f"list item {i} must be [C, F, H, W], got shape {tuple(item.shape)}")
-        sl = slice(i, i + 1)
-        out.append(velocity(item[None], t[sl], cap_feats[sl], cap_mask[sl], motion[sl], combo)[0])
-    return out
+        return forward_items(self.velocity, items, t, cap_feats, cap_mask, motion, combo)
 
 
 def parallel_velocity(source: MultiScaleNextDiT | EngineSet, mesh: DeviceMesh) -> CfgParallelVelocity:

@@ -29,6 +29,7 @@ from lumina_rt.engines import Backend
 from lumina_rt.engines.weights import WeightStore
 from lumina_rt.errors import BackendUnavailableError, EngineError
 from lumina_rt.model import MultiScaleNextDiT
+from lumina_rt.tolerances import DTYPES
 
 if TYPE_CHECKING:
     from lumina_rt.engines.engine_set import EngineSet
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # SDPA kernels a CUDA torch engine may use: the fused ones; the math kernel (materialised scores) only where no
 # fused kernel takes fp32 inputs with a mask.
 CUDA_SDPA_HALF = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION)
@@ -56,11 +56,11 @@ class Placement:
 def placement(precision: str, device: str | torch.device) -> Placement:
     """The torch engines' device policy: the manifest's precision on CUDA (bf16 / fp16 / fp32) with SDPA's fused
     attention kernels; on the CPU fp32, or bf16 for bf16 builds (fp16 builds do not run on the CPU)."""
-    if precision not in PRECISION_DTYPES:
-        raise EngineError(f"unknown engine precision {precision!r}; expected one of {sorted(PRECISION_DTYPES)}")
+    if precision not in DTYPES:
+        raise EngineError(f"unknown engine precision {precision!r}; expected one of {sorted(DTYPES)}")
     device = torch.device(device)
     if device.type == "cuda":
-        dtype = PRECISION_DTYPES[precision]
+        dtype = DTYPES[precision]
         return Placement(device, dtype, CUDA_SDPA_FP32 if dtype == torch.float32 else CUDA_SDPA_HALF)
     return Placement(device, torch.bfloat16 if precision == "bf16" else torch.float32, None)
 

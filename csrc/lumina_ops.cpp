@@ -18,6 +18,8 @@
 
 #include <omp.h>
 
+#include "attention.h"
+
 #if defined(__x86_64__)
 #define LUMINA_X86 1
 // GCC 12's AVX-512 headers warn about their own _mm512_undefined_* values (GCC PR 105593); vector arguments of the
@@ -1222,6 +1224,39 @@ void convert(uintptr_t src, int src_dtype, uintptr_t dst, int dst_dtype, int64_t
   });
 }
 
+// q, k, v, ky, vy, out: (address, batch stride, token stride, head stride); masks: (address or 0, batch stride).
+using View = std::vector<int64_t>;
+
+bool attention_supported(int dtype) {
+  return current_isa() == Isa::kAvx512 && lumina_attention::cpu_supports(dtype);
+}
+
+void gated_attention(const View& q, const View& k, const View& v, const View& mask, const View& ky, const View& vy,
+                     const View& ymask, uintptr_t gate, const View& out, int64_t B, int64_t Nq, int64_t Nk,
+                     int64_t Ny, int64_t Hq, int64_t Hk, int64_t D, double scale, int dtype, int nthreads) {
+  if (!attention_supported(dtype))
+    throw py::value_error(std::string("gated_attention: no kernel for dtype code ") + std::to_string(dtype) +
+                          " with ISA " + name_of(current_isa()) + " on this CPU (needs avx512, and AVX512-BF16 for "
+                          "bfloat16)");
+  for (const View* t : {&q, &k, &v, &ky, &vy, &out})
+    if (t->size() != 4) throw py::value_error("gated_attention: tensor views are (address, sb, sn, sh)");
+  lumina_attention::Args a;
+  auto p = [](int64_t addr) { return reinterpret_cast<const void*>(static_cast<uintptr_t>(addr)); };
+  a.q = p(q[0]), a.q_sb = q[1], a.q_sn = q[2], a.q_sh = q[3];
+  a.k = p(k[0]), a.k_sb = k[1], a.k_sn = k[2], a.k_sh = k[3];
+  a.v = p(v[0]), a.v_sb = v[1], a.v_sn = v[2], a.v_sh = v[3];
+  a.mask = static_cast<const uint8_t*>(p(mask.at(0))), a.mask_sb = mask.at(1);
+  a.ky = p(ky[0]), a.ky_sb = ky[1], a.ky_sn = ky[2], a.ky_sh = ky[3];
+  a.vy = p(vy[0]), a.vy_sb = vy[1], a.vy_sn = vy[2], a.vy_sh = vy[3];
+  a.ymask = static_cast<const uint8_t*>(p(ymask.at(0))), a.ymask_sb = ymask.at(1);
+  a.gate = reinterpret_cast<const float*>(gate);
+  a.out = const_cast<void*>(p(out[0])), a.out_sb = out[1], a.out_sn = out[2], a.out_sh = out[3];
+  a.B = B, a.Nq = Nq, a.Nk = Nk, a.Ny = Ny, a.Hq = Hq, a.Hk = Hk, a.D = D, a.scale = scale, a.dtype = dtype;
+  a.nthreads = threads(nthreads);
+  py::gil_scoped_release nogil;
+  lumina_attention::gated_attention(a);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -1253,6 +1288,12 @@ PYBIND11_MODULE(_C, m) {
         "element conversion (float32 / float16 / bfloat16, round to nearest even) with the converters of `isa`, for "
         "tests");
 
+  m.def("gated_attention", &gated_attention, arg("q"), arg("k"), arg("v"), arg("mask"), arg("ky"), arg("vy"),
+        arg("ymask"), arg("gate"), arg("out"), arg("B"), arg("Nq"), arg("Nk"), arg("Ny"), arg("Hq"), arg("Hk"),
+        arg("D"), arg("scale"), arg("dtype"), arg("nthreads"),
+        "self-attention + tanh-gated cross-attention (csrc/attention.cpp); ky = (0, ...) for no cross-attention");
+  m.def("attention_supported", &attention_supported, arg("dtype"),
+        "whether gated_attention has a kernel for the dtype code with the current ISA on this CPU");
   m.def("isa", []() { return name_of(current_isa()); }, "the instruction set the row kernels use now");
   m.def("supported_isas", []() {
     std::vector<std::string> names;

@@ -197,3 +197,35 @@ def check_unpatchify(tokens, frames, height, width, pf, ph, pw) -> tuple[int, in
             f"(pf, ph, pw)=({pf}, {ph}, {pw}) give {n_expected}"
         )
     return feat // (pf * ph * pw), f_compute
+
+
+def check_gated_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    x_mask: torch.Tensor | None,
+    yk: torch.Tensor,
+    yv: torch.Tensor,
+    y_mask: torch.Tensor,
+    gate: torch.Tensor,
+) -> None:
+    """Shapes of `lumina_rt.ops.gated_attention`: q [B, N, Hq, Dh]; k, v [B, N, Hk, Dh]; yk, yv [B, L, Hk, Dh]."""
+    check_tensor("q", q, "[B, N, Hq, Dh]", 4)
+    b, n, hq, dh = q.shape
+    check_float("q", q)
+    for name, t in (("k", k), ("v", v), ("yk", yk), ("yv", yv)):
+        check_tensor(name, t, "[B, L, Hk, Dh]", 4)
+        check_float(name, t)
+    hk = k.shape[2]
+    if hk == 0 or hq % hk != 0:
+        raise InputError(f"query heads Hq = {hq} must be a multiple of the key heads Hk = {hk} (q {shape_str(q)}, "
+                         f"k {shape_str(k)})")  # fmt: skip
+    check_shape("k", k, (b, n, hk, dh), "[B, N, Hk, Dh]")
+    check_shape("v", v, (b, n, hk, dh), "[B, N, Hk, Dh]")
+    check_shape("yk", yk, (b, yk.shape[1], hk, dh), "[B, L, Hk, Dh]")
+    check_shape("yv", yv, tuple(yk.shape), "[B, L, Hk, Dh]")
+    if x_mask is not None:
+        check_shape("x_mask", x_mask, (b, n), "[B, N]")
+    check_shape("y_mask", y_mask, (b, yk.shape[1]), "[B, L]")
+    check_shape("gate", gate, (hq,), "[Hq]")
+    check_same_device("q", q, k=k, v=v, yk=yk, yv=yv, gate=gate)

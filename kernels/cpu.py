@@ -16,10 +16,11 @@ from collections.abc import Callable
 
 import torch
 
-from lumina_rt import _C
+from lumina_rt import _C, ops
 from lumina_rt.errors import ConfigError, InputError
 
 from ._common import (
+    check_gated_attention,
     check_gated_residual,
     check_layernorm_modulate,
     check_patchify,
@@ -198,6 +199,53 @@ def unpatchify(tokens: torch.Tensor, frames: int, height: int, width: int, pf: i
     return out
 
 
+def _view(t: torch.Tensor) -> list[int]:
+    """(address, batch, token, head strides) of a [B, L, H, Dh] tensor."""
+    return [t.data_ptr(), t.stride(0), t.stride(1), t.stride(2)]
+
+
+def _key_mask(mask: torch.Tensor | None) -> tuple[torch.Tensor | None, list[int]]:
+    if mask is None:
+        return None, [0, 0]
+    m = mask.to(torch.uint8).contiguous()
+    return m, [m.data_ptr(), m.stride(0)]
+
+
+def gated_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    x_mask: torch.Tensor | None,
+    yk: torch.Tensor,
+    yv: torch.Tensor,
+    y_mask: torch.Tensor,
+    gate: torch.Tensor,
+) -> torch.Tensor:
+    """Self-attention + tanh-gated cross-attention (csrc/attention.cpp) -> new [B, N, Hq*Dh] of q's dtype.
+
+    Shapes as `lumina_rt.ops.gated_attention`. The kernel runs float32 with AVX-512 and bfloat16 with AVX512-BF16
+    (`_C.attention_supported`); other dtypes and CPUs (and the ISA set to avx2 / portable) use the PyTorch reference.
+    """
+    check_gated_attention(q, k, v, x_mask, yk, yv, y_mask, gate)
+    _on_cpu("q", q)
+    b, n, hq, dh = q.shape
+    same_dtype = all(t.dtype == q.dtype for t in (k, v, yk, yv))
+    if not same_dtype or not _C.attention_supported(_code(q)) or n == 0 or yk.shape[1] == 0:
+        return ops.TORCH_IMPLS["gated_attention"](q, k, v, x_mask, yk, yv, y_mask, gate)
+    q, k, v, yk, yv = (_rows(t) for t in (q, k, v, yk, yv))
+    xm, xm_view = _key_mask(x_mask)
+    ym, ym_view = _key_mask(y_mask)
+    tanh_gate = gate.detach().float().tanh().contiguous()
+    out = new_output((b, n, hq * dh), q.dtype, q.device)
+    _C.gated_attention(
+        _view(q), _view(k), _view(v), xm_view, _view(yk), _view(yv), ym_view, tanh_gate.data_ptr(),
+        [out.data_ptr(), out.stride(0), out.stride(1), dh], b, n, k.shape[1], yk.shape[1], hq, k.shape[2], dh,
+        dh**-0.5, _code(q), _nt(),
+    )  # fmt: skip
+    del xm, ym
+    return out
+
+
 CPU_IMPLS: dict[str, Callable] = {
     "rmsnorm_modulate": rmsnorm_modulate,
     "gated_residual": gated_residual,
@@ -206,4 +254,5 @@ CPU_IMPLS: dict[str, Callable] = {
     "rope_qk_layernorm": rope_qk_layernorm,
     "patchify": patchify,
     "unpatchify": unpatchify,
+    "gated_attention": gated_attention,
 }

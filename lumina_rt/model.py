@@ -117,34 +117,9 @@ def latent_rope_tables(
 # ------------------------------------------------------------------------------------------------
 
 
-def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """SDPA; under CPU bf16 autocast (mixed-precision training) it runs in float32 instead.
-
-    PyTorch's CPU flash-attention backward is ~4x slower in bf16 than in fp32 at these sizes (measured on the
-    built-in model's training step), while the linear layers gain ~3x from bf16: keep the attention in fp32.
-    Inside a compiled mixed-precision step it is written out as matmul-softmax-matmul (`_attention_math`), which
-    inductor fuses with its neighbours: the built-in model's compiled training step is 1.16x faster than with the
-    SDPA kernel (docs/training.md).
-    """
-    if torch.is_autocast_enabled("cpu"):
-        with torch.autocast("cpu", enabled=False):
-            if torch.compiler.is_compiling():
-                return _attention_math(q.float(), k.float(), v.float(), mask)
-            return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-
-
 def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """The single-device attention [B, H, N, Dh] (what `Attention` uses without an `attention_fn`)."""
-    return _attention(q, k, v, mask)
-
-
-def _attention_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d) + mask) v, the SDPA math; `mask` is boolean (True = attend)."""
-    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    return scores.softmax(-1) @ v
+    """The single-device attention [B, H, N, Dh] (what a sequence-parallel `attention_fn` runs on its head shard)."""
+    return ops.sdpa(q, k, v, mask)
 
 
 class Attention(nn.Module):
@@ -177,12 +152,10 @@ class Attention(nn.Module):
         # `attention_fn(q, k, v, x_mask) -> out` (q, k, v [B, Hq, N_local, Dh]; lumina_rt.engines.parallel).
         self.attention_fn = None
 
-    def _heads(self, t: torch.Tensor, n: int) -> torch.Tensor:
-        """[B, L, n*Dh] -> [B, Hq, L, Dh], key/value heads repeated for GQA (head h reads kv head h // n_rep)."""
-        t = t.view(t.shape[0], t.shape[1], n, self.head_dim).transpose(1, 2)
-        if n != self.n_heads:
-            t = t.repeat_interleave(self.n_heads // n, dim=1)
-        return t
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        """[B, L, Hk, Dh] -> [B, Hq, L, Dh], key/value heads repeated for GQA (head h reads kv head h // n_rep)."""
+        t = t.transpose(1, 2)
+        return t if self.n_rep == 1 else t.repeat_interleave(self.n_rep, dim=1)
 
     def forward(
         self,
@@ -203,18 +176,14 @@ class Attention(nn.Module):
             xq, xk = ops.rope_qk_layernorm(xq, xk, cos, sin, qn.weight, qn.bias, kn.weight, kn.bias, qn.eps)
         else:
             xq, xk = ops.rope_qk(xq, xk, cos, sin)
-        q = xq.to(dtype).transpose(1, 2)  # [B, Hq, N, Dh]
-        k = self._heads(xk.to(dtype).flatten(2), self.n_kv_heads)
-        v = self._heads(xv, self.n_kv_heads)
-
-        self_mask = None if x_mask is None else x_mask[:, None, None, :]
-        yk = self._heads(self.ky_norm(self.wk_y(y)).to(dtype), self.n_kv_heads)
-        yv = self._heads(self.wv_y(y), self.n_kv_heads)
-        if self.attention_fn is None:
-            out = _attention(q, k, v, self_mask)
-        else:
-            out = self.attention_fn(q, k, v, x_mask)
-        out_y = _attention(q, yk, yv, y_mask[:, None, None, :])
+        xk, xq = xk.to(dtype), xq.to(dtype)
+        yk = self.ky_norm(self.wk_y(y)).to(dtype).view(b, -1, self.n_kv_heads, self.head_dim)
+        yv = self.wv_y(y).view(b, -1, self.n_kv_heads, self.head_dim)
+        xv = xv.view(b, n, self.n_kv_heads, self.head_dim)
+        if self.attention_fn is None:  # self- and gated cross-attention in one fused op
+            return self.wo(ops.gated_attention(xq, xk, xv, x_mask, yk, yv, y_mask, self.gate))
+        out = self.attention_fn(xq.transpose(1, 2), self._heads(xk), self._heads(xv), x_mask)
+        out_y = ops.sdpa(xq.transpose(1, 2), self._heads(yk), self._heads(yv), y_mask[:, None, None, :])
         out = out + out_y * self.gate.tanh().view(1, -1, 1, 1)
         return self.wo(out.transpose(1, 2).reshape(b, n, self.n_heads * self.head_dim))
 

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 import lumina_rt.train as T
+from lumina_rt import ops
 from lumina_rt.builtin_parts import TinyTextEncoder
 from lumina_rt.checkpoint import load_model
 from lumina_rt.data import SYSTEM_PROMPTS
@@ -372,31 +373,27 @@ def test_compiled_stages_train_like_eager(tmp_path, monkeypatch):
 
 def test_attention_math_matches_sdpa():
     """The written-out attention of compiled mixed-precision steps is SDPA's math, masks included."""
-    import lumina_rt.model as M
-
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 3, 5, 8, generator=g) for _ in range(3))
     mask = torch.tensor([[True] * 5, [True, True, False, False, False]])[:, None, None, :]
     for m in (None, mask):
         ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=m)
-        torch.testing.assert_close(M._attention_math(q, k, v, m), ref, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(ops.attention_math(q, k, v, m), ref, rtol=1e-5, atol=1e-6)
 
 
 def test_compiled_bf16_steps_use_fp32_math_attention(tmp_path, monkeypatch):
     """Compiled + bf16 autocast: attention is written out in fp32, with the eager bf16 run's losses."""
-    import lumina_rt.model as M
-
     cfg = tiny_config(multiscale=False, image_batch_size=0, ckpt_every=1000, autocast="bf16")
     cfg["stages"] = [dict(name="s", iters=3, size=16, frames=4, frame_stride=2)]
     ref = T.train(cfg, tmp_path / "eager", resume=False, progress=False)
     dtypes = []
-    real = M._attention_math
+    real = ops.attention_math
 
     def spy(q, k, v, mask):
         dtypes.append((q.dtype, k.dtype, v.dtype))
         return real(q, k, v, mask)
 
-    monkeypatch.setattr(M, "_attention_math", spy)
+    monkeypatch.setattr(ops, "attention_math", spy)
     cfg["train"]["compile"] = True
     res = T.train(cfg, tmp_path / "compiled", resume=False, progress=False)
     assert dtypes and {d for ds in dtypes for d in ds} == {torch.float32}  # traced into the compiled graph

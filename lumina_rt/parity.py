@@ -41,17 +41,25 @@ class ParityTarget(Protocol):
 
 
 class ModelParityTarget:
-    """Parity target over the reference torch model (kernel backend chosen with lumina_rt.ops)."""
+    """Parity target over the reference torch model (kernel backend chosen with lumina_rt.ops).
 
-    def __init__(self, model: torch.nn.Module):
-        self.model = model
+    With `dtype` (e.g. torch.bfloat16) the model runs in that precision: latents and caption features are cast to it
+    on the way in and the velocity back to float32, as a bf16 engine serves them.
+    """
+
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype = torch.float32):
+        self.model = model.to(dtype)
+        self.dtype = dtype
 
     def velocity(self, x, t, cap_feats, cap_mask, motion, combo):
-        return self.model.velocity(x, t, cap_feats, cap_mask, motion, combo)
+        out = self.model.velocity(x.to(self.dtype), t, cap_feats.to(self.dtype), cap_mask, motion, combo)
+        return out.float()
 
     def forward_list(self, items, t, cap_feats, cap_mask, motion, combo):
         pf, p = parse_patch_combo(combo)
-        return self.model.forward_list(items, t, cap_feats, cap_mask, motion, p, pf)
+        items = [x.to(self.dtype) for x in items]
+        outs = self.model.forward_list(items, t, cap_feats.to(self.dtype), cap_mask, motion, p, pf)
+        return [o.float() for o in outs]
 
 
 @dataclass

@@ -26,6 +26,16 @@ def test_parity_command_passes_on_public_fixture():
     assert report["max_rel_err"] <= 1e-5
 
 
+@pytest.mark.parametrize("backend", ["torch", "cpu-fused"])
+def test_parity_command_in_bf16(backend):
+    """bf16 model (C++ attention kernel with cpu-fused) within the bf16 tolerance, and clearly not fp32-exact."""
+    res = _run("parity", str(require(PUBLIC_FIXTURE)), "--precision", "bf16", "--backend", backend, "--json")
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["passed"] and report["tolerance"] == 2e-2 and f"{backend} bf16" in report["backend"]
+    assert 1e-3 < report["max_rel_err"] <= 2e-2  # bf16 really ran (fp32 is ~1e-6)
+
+
 def test_parity_command_fails_on_wrong_reference(tmp_path):
     src = require(PUBLIC_FIXTURE)
     with safe_open(str(src), "pt") as f:

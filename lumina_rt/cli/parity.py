@@ -9,14 +9,24 @@ from lumina_rt.cli import Runner, add_parallel_flags, parallel_config
 
 def add(p: argparse.ArgumentParser) -> Runner:
     from lumina_rt.ops import BACKENDS
-    from lumina_rt.tolerances import TOLERANCE
+    from lumina_rt.tolerances import TOLERANCES
 
     p.add_argument("fixture", help="fixture .safetensors (format: shared/fixtures/README.md)")
     p.add_argument(
         "--backend", default="torch", choices=[b for b in BACKENDS if b != "auto"], help="kernel backend of the model"
     )
     p.add_argument("--engine-dir", default=None, help="check built engines in this directory instead of the model")
-    p.add_argument("--tolerance", type=float, default=TOLERANCE, help="max relative error per case (default 1e-5)")
+    p.add_argument(
+        "--precision", default="fp32", choices=["fp32", "bf16"], help="precision of the model (not with --engine-dir)"
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=None,
+        help="max relative error per case (default by precision: "
+        + ", ".join(f"{k} {TOLERANCES[k]:g}" for k in ("fp32", "bf16"))
+        + "; with --engine-dir, the engines' precision)",
+    )
     p.add_argument("--json", action="store_true", help="print results as JSON")
     add_parallel_flags(p)
     return run
@@ -26,8 +36,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from lumina_rt import ops
+    from lumina_rt.errors import ConfigError
     from lumina_rt.model import MultiScaleNextDiT
     from lumina_rt.parity import ModelParityTarget, load_fixture, results_to_json, run_parity
+    from lumina_rt.tolerances import DTYPES, TOLERANCES
 
     fixture = load_fixture(args.fixture)
     parallel = parallel_config(args)
@@ -35,17 +47,26 @@ def run(args: argparse.Namespace) -> int:
     if args.engine_dir is not None:
         from lumina_rt.runtime import Runtime
 
+        if args.precision != "fp32":
+            raise ConfigError(
+                f"--precision {args.precision} applies to the model; an engine directory has its own precision "
+                "(`lumina-rt build --precision`)"
+            )
         runtime = Runtime(args.engine_dir, parallel=parallel)
         runtime.check_config(fixture.config)
         target = runtime.parity_target()
-        label = f"engines:{runtime.backend_name}"
+        precision = runtime.engines.precision
+        label = f"engines:{runtime.backend_name} {precision}"
         main_rank = runtime.is_main
     else:
         ops.set_backend(args.backend)
         model = MultiScaleNextDiT(fixture.config).eval()
         model.load_state_dict(fixture.state_dict, strict=True)
-        target = ModelParityTarget(model)
-        label = args.backend
+        precision = args.precision
+        target = ModelParityTarget(model, DTYPES[precision])
+        label = f"{args.backend} {precision}"
+    if args.tolerance is None:
+        args.tolerance = TOLERANCES["fp32" if precision == "fp32" else "bf16"]
         if parallel is not None:
             from lumina_rt.engines.parallel import parallel_velocity
             from lumina_rt.parallel import init_mesh

@@ -53,6 +53,18 @@ def median_ms(fn, reps: int = 5, warmup: int = 1, max_s: float = 30.0) -> float:
     return times[len(times) // 2]
 
 
+def cpu_name() -> str:
+    """The CPU's model name (and whether it has AVX512-BF16), from /proc/cpuinfo where there is one."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "")
+    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
+    extra = "AVX512-BF16" if "avx512_bf16" in flags else ("AVX-512" if "avx512f" in flags else "no AVX-512")
+    return f"{name or platform.machine()} ({extra})"
+
+
 def measure_ceilings() -> dict[str, float]:
     """The machine's matmul rate (fp32, bf16) and copy bandwidth, timed here."""
     if CEILINGS:
@@ -83,7 +95,7 @@ def write() -> None:
     if not ROWS and not SUMMARY:
         return
     info = {
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_name(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M"),

@@ -23,6 +23,7 @@ import torch
 
 from lumina_rt.data import captions as C
 from lumina_rt.data.motion import analyse_frames
+from lumina_rt.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -163,78 +164,100 @@ def evaluate_model(
     save_videos: str | Path | None = None,
     batch: int = 36,
     cache: str | float | None = None,
+    kernels: str = "torch",
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Generate the held-out prompts with each schedule and score them; returns the report dict.
+
+    `kernels` is the `lumina_rt.ops` kernel backend the model runs with (``cpu-fused``: the C++ ops and attention
+    kernel) and `precision` its weights' and activations' precision (fp32 or bf16); both are in the report.
 
     With `cache` (a step-caching level or threshold, `lumina_rt.caching`) each schedule runs twice, uncached and
     cached, on the same seeds: the scores are the cached videos', and `cache` in the report holds the uncached
     scores, both evaluation counts and wall times, and the PSNR of the cached frames against the uncached ones.
     """
+    from lumina_rt import ops
     from lumina_rt.builtin_parts import builtin_dir, sample_presets
     from lumina_rt.caching import StepCache
     from lumina_rt.pipeline import Pipeline
-    from lumina_rt.video import write_video
+    from lumina_rt.tolerances import DTYPES
 
     directory = Path(builtin_dir() if directory is None else directory)
     policy = StepCache.from_setting(cache)
-    pipeline = Pipeline.from_checkpoint(directory)
+    if precision not in ("fp32", "bf16"):
+        raise ConfigError(f"eval precision {precision!r} is not one of fp32, bf16")
+    pipeline = Pipeline.from_checkpoint(directory, dtype=DTYPES[precision])
     prompts = eval_prompts()
     report: dict[str, Any] = {
         "model": str(directory),
+        "kernels": kernels,
+        "precision": precision,
         "prompts": "held-out (colour, shape, direction) x 3 speeds",
         "seeds": list(seeds),
         "schedules": {},
     }
     presets = sample_presets(directory)
     metas = [p for _ in seeds for p in prompts]
-    for name in schedules:
-        all_videos, evaluations, seconds = _generate_schedule(pipeline, name, prompts, seeds, batch, steps, cfg, None)
-        result = score_videos(all_videos, metas)
-        if policy is not None:
-            plain = {k: result[k] for k in ("colour_adherence", "direction_adherence", "speed_word_adherence",
-                                            "spearman_motion")}  # fmt: skip
-            cached, cached_evals, cached_s = _generate_schedule(
-                pipeline, name, prompts, seeds, batch, steps, cfg, policy
-            )
-            db = psnr(cached, all_videos)
-            result = score_videos(cached, metas)
-            result["cache"] = {
-                "policy": policy.name, "threshold": policy.threshold, "evaluations": cached_evals,
-                "uncached_evaluations": evaluations, "reduction": round(evaluations / cached_evals, 3),
-                "seconds": round(cached_s, 1), "uncached_seconds": round(seconds, 1),
-                "psnr_mean_db": round(float(db.clamp(max=99).mean()), 2),
-                "psnr_min_db": round(float(db.clamp(max=99).min()), 2), "uncached": plain,
-            }  # fmt: skip
-            all_videos, seconds = cached, cached_s
-        config = dict(presets[name])
-        if steps is not None:
-            config["step"] = steps
-        if cfg is not None:
-            config["cfg"] = cfg
-        result["sample_config"] = config
-        result["seconds"] = round(seconds, 1)
-        report["schedules"][name] = result
-        if save_videos is not None:
-            for k, (video, p) in enumerate(zip(all_videos[:12], metas[:12])):
-                path = Path(save_videos) / name / f"{k:02d}_{p.prompt.replace(' ', '_')[:60]}.gif"
-                write_video(video, path, scale=4)
-        logger.info(
-            "%s: colour %.1f%%  direction %.1f%%  spearman %.3f  (%.0fs)",
-            name,
-            result["colour_adherence"],
-            result["direction_adherence"],
-            result["spearman_motion"],
-            result["seconds"],
-        )
+    with ops.use_backend(kernels):
+        for name in schedules:
+            _evaluate_schedule(report, pipeline, name, prompts, metas, seeds, batch, steps, cfg, policy, presets,
+                               save_videos)  # fmt: skip
     return report
 
 
+def _evaluate_schedule(
+    report: dict[str, Any], pipeline: Any, name: str, prompts: list[EvalPrompt], metas: list[EvalPrompt],
+    seeds: tuple[int, ...], batch: int, steps: int | None, cfg: float | None, policy: Any, presets: dict[str, Any],
+    save_videos: str | Path | None,
+) -> None:  # fmt: skip
+    """One schedule of `evaluate_model`: generate, score (uncached and cached with a policy), save, log."""
+    from lumina_rt.video import write_video
+
+    all_videos, evaluations, seconds = _generate_schedule(pipeline, name, prompts, seeds, batch, steps, cfg, None)
+    result = score_videos(all_videos, metas)
+    if policy is not None:
+        plain = {k: result[k] for k in ("colour_adherence", "direction_adherence", "speed_word_adherence",
+                                        "spearman_motion")}  # fmt: skip
+        cached, cached_evals, cached_s = _generate_schedule(pipeline, name, prompts, seeds, batch, steps, cfg, policy)
+        db = psnr(cached, all_videos)
+        result = score_videos(cached, metas)
+        result["cache"] = {
+            "policy": policy.name, "threshold": policy.threshold, "evaluations": cached_evals,
+            "uncached_evaluations": evaluations, "reduction": round(evaluations / cached_evals, 3),
+            "seconds": round(cached_s, 1), "uncached_seconds": round(seconds, 1),
+            "psnr_mean_db": round(float(db.clamp(max=99).mean()), 2),
+            "psnr_min_db": round(float(db.clamp(max=99).min()), 2), "uncached": plain,
+        }  # fmt: skip
+        all_videos, seconds = cached, cached_s
+    config = dict(presets[name])
+    if steps is not None:
+        config["step"] = steps
+    if cfg is not None:
+        config["cfg"] = cfg
+    result["sample_config"] = config
+    result["seconds"] = round(seconds, 1)
+    report["schedules"][name] = result
+    if save_videos is not None:
+        for k, (video, p) in enumerate(zip(all_videos[:12], metas[:12])):
+            path = Path(save_videos) / name / f"{k:02d}_{p.prompt.replace(' ', '_')[:60]}.gif"
+            write_video(video, path, scale=4)
+    logger.info(
+        "%s: colour %.1f%%  direction %.1f%%  spearman %.3f  (%.0fs)",
+        name,
+        result["colour_adherence"],
+        result["direction_adherence"],
+        result["spearman_motion"],
+        result["seconds"],
+    )
+
+
 def summary_lines(report: dict[str, Any]) -> list[str]:
-    lines = [f"{'schedule':<14} {'colour %':>9} {'direction %':>12} {'speed-word %':>13} {'spearman':>9}"]
+    lines = [f"kernels {report.get('kernels', 'torch')}, precision {report.get('precision', 'fp32')}"]
+    lines.append(f"{'schedule':<14} {'colour %':>9} {'direction %':>12} {'speed-word %':>13} {'spearman':>9} {'s':>6}")
     for name, r in report["schedules"].items():
         lines.append(
             f"{name:<14} {r['colour_adherence']:>9.1f} {r['direction_adherence']:>12.1f} "
-            f"{r['speed_word_adherence']:>13.1f} {r['spearman_motion']:>9.3f}"
+            f"{r['speed_word_adherence']:>13.1f} {r['spearman_motion']:>9.3f} {r['seconds']:>6.1f}"
         )
     lines.append("direction % by requested speed (slowly / steadily / quickly):")
     for name, r in report["schedules"].items():

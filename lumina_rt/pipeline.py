@@ -118,21 +118,33 @@ class Pipeline:
         )
 
     @classmethod
-    def from_checkpoint(cls, directory: str | os.PathLike, default_preset: str | None = None) -> Pipeline:
-        """Around the reference torch model of a checkpoint directory (no engines): `model.velocity`."""
+    def from_checkpoint(
+        cls, directory: str | os.PathLike, default_preset: str | None = None, dtype: torch.dtype = torch.float32
+    ) -> Pipeline:
+        """Around the reference torch model of a checkpoint directory (no engines): `model.velocity`.
+
+        With `dtype` (e.g. torch.bfloat16) the model runs in that precision: latents and caption features are cast
+        to it and the velocity back to float32, as a bf16 engine does. Kernels: whatever `lumina_rt.ops` selects.
+        """
         from lumina_rt.checkpoint import load_model
 
-        model = load_model(directory)
+        model = load_model(directory).to(dtype)
         presets = components.read_components(directory).get("sampling") or {}
+        velocity = model.velocity
+        if dtype != torch.float32:
+
+            def velocity(x, t, cap_feats, cap_mask, motion, combo):  # noqa: ANN001, ANN202
+                return model.velocity(x.to(dtype), t, cap_feats.to(dtype), cap_mask, motion, combo).float()
+
         return cls(
-            model.velocity,
+            velocity,
             patch_combos=model.config.patch_combos,
             cap_feat_dim=model.config.cap_feat_dim,
             components_dir=directory,
             latent=components.latent_spec(directory, model.config.in_channels),
             presets=presets,
             default_preset=default_preset if default_preset is not None else next(iter(presets), ""),
-            backend="reference",
+            backend="reference" if dtype == torch.float32 else f"reference {str(dtype).removeprefix('torch.')}",
         )
 
     # ------------------------------------------------------------------ components

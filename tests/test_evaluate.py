@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from lumina_rt.data import COLOURS, DIRECTIONS, render_clip
@@ -78,3 +79,21 @@ def test_eval_subcommand_is_registered():
 
     args = build_parser().parse_args(["eval", "--steps", "8", "--schedules", "single_scale"])
     assert args.steps == 8 and args.schedules == "single_scale"
+
+
+def test_eval_with_cpu_kernels_and_bf16_keeps_adherence():
+    """The built-in model evaluated with the C++ kernels in bf16 scores as the fp32 reference does (same seeds)."""
+    from lumina_rt import ops
+    from lumina_rt.evaluate import evaluate_model
+
+    if "cpu-fused" not in ops.available_backends():
+        pytest.fail("the C++ extension lumina_rt._C is not built")
+    runs = {
+        (kernels, precision): evaluate_model(schedules=("single_scale",), steps=6, kernels=kernels, precision=precision)
+        for kernels, precision in (("torch", "fp32"), ("cpu-fused", "bf16"))
+    }
+    fused = runs["cpu-fused", "bf16"]
+    assert fused["kernels"] == "cpu-fused" and fused["precision"] == "bf16"
+    a, b = runs["torch", "fp32"]["schedules"]["single_scale"], fused["schedules"]["single_scale"]
+    assert a["colour_adherence"] > 80 and abs(a["colour_adherence"] - b["colour_adherence"]) <= 100 / 36 * 2
+    assert abs(a["direction_adherence"] - b["direction_adherence"]) <= 100 / 36 * 3

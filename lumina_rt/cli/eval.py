@@ -19,6 +19,13 @@ def add(p: argparse.ArgumentParser) -> Runner:
     p.add_argument("--save-videos", default=None, help="write the first 12 videos of each schedule as GIFs here")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument(
+        "--kernels",
+        default="torch",
+        choices=["torch", "cpu-fused"],
+        help="kernel backend of the model (cpu-fused: the C++ fused ops and attention kernel)",
+    )
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="model precision")
+    p.add_argument(
         "--cache",
         default=None,
         help="step caching: off / safe / fast or a threshold; runs each schedule uncached and cached and compares",
@@ -40,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
         tuple(int(s) for s in args.seeds.split(",")),
         args.save_videos,
         cache=args.cache,
+        kernels=args.kernels,
+        precision=args.precision,
     )
     for line in summary_lines(report):
         print(line)

@@ -68,14 +68,19 @@ BUILTIN_SHAPES = dict(resolutions=((32, 32), (64, 64)), frames=(1, 8, 16))
 BUILTIN_DEFAULT_SIZE = (8, 32, 32)  # frames, height, width
 
 
-def builtin_engines() -> Path:
-    """Engines of the built-in model, built on first use into the cache (LUMINA_RT_CACHE, ~/.cache/lumina_rt)."""
+def builtin_engines(precision: str = "fp32") -> Path:
+    """Engines of the built-in model, built on first use into the cache (LUMINA_RT_CACHE, ~/.cache/lumina_rt).
+
+    fp32: the best target here (TensorRT, else ONNX, else torch); bf16: torch engines (a CPU with native bf16
+    arithmetic, or a GPU), in their own folder.
+    """
     from lumina_rt.engines.profiles import ServeShapes
     from lumina_rt.export.build_engines import build
 
     cache = Path(os.environ.get("LUMINA_RT_CACHE", Path.home() / ".cache" / "lumina_rt"))
-    out = cache / "engines" / "builtin"
-    report = build(builtin_dir(), out, target="auto", shapes=ServeShapes(**BUILTIN_SHAPES))
+    out = cache / "engines" / ("builtin" if precision == "fp32" else f"builtin-{precision}")
+    target = "auto" if precision == "fp32" else "torch"
+    report = build(builtin_dir(), out, target=target, precision=precision, shapes=ServeShapes(**BUILTIN_SHAPES))
     if report.changed:
         logger.info("built the built-in model's engines in %s (%.0f s)", out, report.seconds)
     return out

@@ -85,3 +85,31 @@ def test_text_encoder_names_unknown_words_once_per_call(caplog):
     with pytest.raises(TextEncoderError, match=r"\['purple', 'dragon'\]"):
         enc.encode(["a purple dragon moving left"], strict=True)
     enc.encode(["a red circle moving left quickly"], strict=True)  # known words pass
+
+
+def test_generate_builtin_in_bf16(tmp_path):
+    """`lumina-rt generate --builtin --precision bf16`: bf16 torch engines in their own cache folder, colour kept."""
+    import os
+    import subprocess
+    import sys
+
+    import imageio.v2 as imageio
+    import numpy as np
+
+    from lumina_rt.engines.torch_engine import cpu_has_native_bf16
+
+    if not cpu_has_native_bf16():
+        pytest.skip("this CPU has no native bf16 arithmetic (AVX512-BF16 / AMX): bf16 engines are refused here")
+    env = {**os.environ, "LUMINA_RT_CACHE": str(tmp_path / "cache")}
+    out = tmp_path / "v.gif"
+    cmd = [sys.executable, "-m", "lumina_rt", "generate", "--builtin", "--precision", "bf16", "--no-progress",
+           "--prompt", "a green square moving down steadily", "--out", str(out), "--scale", "1"]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode == 0, res.stderr
+    manifest = json.loads((tmp_path / "cache" / "engines" / "builtin-bf16" / "manifest.json").read_text())
+    assert manifest["precision"] == "bf16"
+    video = torch.from_numpy(np.stack(imageio.mimread(out))[..., :3]).float().permute(3, 0, 1, 2) / 255
+    assert video.shape[:2] == (3, 8) and analyse_frames(video).colour == "green"
+    res = subprocess.run([sys.executable, "-m", "lumina_rt", "generate", str(tmp_path / "eng"), "--precision", "bf16",
+                          "--prompt", "x"], capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    assert res.returncode != 0 and "--precision bf16 applies to --builtin" in res.stderr

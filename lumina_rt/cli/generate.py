@@ -45,6 +45,12 @@ def add(p: argparse.ArgumentParser) -> Runner:
     p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS], help="engine backend")
     p.add_argument("--fps", type=int, default=8, help="frames per second of the video")
     p.add_argument(
+        "--precision",
+        default=None,
+        choices=["fp32", "bf16"],
+        help="with --builtin: engine precision (default fp32; bf16: torch engines, CPUs with native bf16 or GPUs)",
+    )
+    p.add_argument(
         "--scale", type=int, default=None, help="nearest-neighbour upscale factor (default 4 with --builtin, else 1)"
     )
     p.add_argument(
@@ -62,7 +68,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.builtin == (args.engine_dir is not None):
         raise InputError("give an engine directory or --builtin (one of the two)")
-    engine_dir = builtin_engines() if args.builtin else Path(args.engine_dir)
+    if args.precision is not None and not args.builtin:
+        raise InputError(
+            f"--precision {args.precision} applies to --builtin; an engine directory has its own precision "
+            "(`lumina-rt build --precision`)"
+        )
+    engine_dir = builtin_engines(args.precision or "fp32") if args.builtin else Path(args.engine_dir)
     runtime = Runtime(engine_dir, backend=args.backend, parallel=parallel_config(args))
     if args.builtin:
         f, h, w = BUILTIN_DEFAULT_SIZE

@@ -125,6 +125,51 @@ def test_ort_over_torch_summary():
     )
 
 
+def test_ort_attention_forms():
+    """ONNX Runtime step time with the two exported attention forms (fused MultiHeadAttention over MatMul / Softmax),
+    per scale, timed in turns on the same inputs; the engine build exports the form this measures faster."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from lumina_rt.export import onnx_export as ox
+    from lumina_rt.export.build_engines import attention_form
+    from lumina_rt.model import latent_rope_tables
+
+    model = bench_model()
+    x, t, cap, mask, motion = bench_inputs(2, torch.float32)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    ratios = {}
+    with tempfile.TemporaryDirectory(prefix="lumina_rt_forms_") as work:
+        for combo in ("1x2", "2x2", "2x4"):
+            pf, p = model.config.check_combo(combo)
+            cos, sin = latent_rope_tables(model.config, *LATENT[1:], pf, p)
+            feeds = dict(tokens=ops.patchify(x, pf, p, p).numpy(), cos=cos.numpy(), sin=sin.numpy(), t=t.numpy(),
+                         cap_feats=cap.numpy(), cap_mask=mask.numpy(), motion=motion.numpy())  # fmt: skip
+            sessions = {}
+            for form in ox.ATTENTION_FORMS:
+                proto, folder = ox.export_scale(model, combo, Path(work) / f"{combo}-{form}", attention=form)
+                onnx.save(proto, str(folder / "graph.onnx"))
+                sessions[form] = ort.InferenceSession(str(folder / "graph.onnx"), options, ["CPUExecutionProvider"])
+            outs = [s.run(None, feeds)[0] for s in sessions.values()]
+            assert np.abs(outs[0] - outs[1]).max() <= 1e-4 * np.abs(outs[0]).max()
+            times: dict[str, list[float]] = {form: [] for form in sessions}
+            for _ in range(5):
+                for form, session in sessions.items():
+                    start = time.perf_counter()
+                    session.run(None, feeds)
+                    times[form].append((time.perf_counter() - start) * 1e3)
+            ms = {form: statistics.median(v) for form, v in times.items()}
+            ratios[combo] = ms["ort-mha"] / ms["decomposed"]
+            row = dict(combo=combo, decomposed_ms=ms["decomposed"], ort_mha_ms=ms["ort-mha"],
+                       mha_over_decomposed=ratios[combo], exported_for_onnxruntime=attention_form("onnx"))  # fmt: skip
+            report_rows.add("ONNX Runtime attention forms (fp32, batch 2)", row)
+    report_rows.SUMMARY["ort_mha_over_decomposed"] = dict(
+        value=ratios["1x2"], per_scale=ratios, sizes=f"{SIZES}; ONNX Runtime fp32, batch 2, finest patch (1x2)"
+    )
+
+
 def test_auto_over_torch():
     """Step time of the engine backend `auto` picks (the build's measured ranking) over torch eager, per scale.
 

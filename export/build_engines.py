@@ -262,6 +262,12 @@ class _Build:
 
 
 # -------------------------------------------------------------------------------------------- 1. export
+def attention_form(target: str) -> str:
+    """Attention in the exported graphs: ONNX Runtime's fused MultiHeadAttention for ONNX Runtime engines (faster on
+    its CPU provider, docs/engines.md), MatMul / Softmax for TensorRT (the form its parser fuses)."""
+    return "ort-mha" if target == "onnx" else "decomposed"
+
+
 def export_stage(b: _Build) -> tuple[Stage, dict[str, Any] | None]:
     """The export stage and the previous build's record of it (weights entry and per-scale graphs included)."""
     versions = {name: mf.package_version(name) for name in ("torch", "onnx", "onnxscript")}
@@ -271,7 +277,7 @@ def export_stage(b: _Build) -> tuple[Stage, dict[str, Any] | None]:
         from lumina_rt.export import onnx_export as ox
 
         exporter = {"opset": ox.OPSET, "format": ox.EXPORT_FORMAT, "threshold": ox.EXTERNAL_THRESHOLD,
-                    "code": ox.graph_code_hash()}  # fmt: skip
+                    "code": ox.graph_code_hash(), "attention": attention_form(b.target)}  # fmt: skip
     key = mf.export_key(b.config.to_kwargs(), b.weights_hash, list(b.combos), exporter, versions)
     old_export = b.old.get("export") or {}
     outputs = [b.old.get("weights")] + ([b.old_scale(c, "onnx") for c in b.combos] if exporter.get("opset") else [])
@@ -311,7 +317,7 @@ def _export_graphs(b: _Build, state_dict: dict[str, Any]) -> tuple[Any, dict[str
     with tempfile.TemporaryDirectory(prefix=".export-", dir=b.out) as work:
         for combo in b.combos:
             t0 = time.perf_counter()
-            proto, raw_dir = ox.export_scale(ref, combo, Path(work) / combo)
+            proto, raw_dir = ox.export_scale(ref, combo, Path(work) / combo, attention=attention_form(b.target))
             shared.externalize(combo, proto, raw_dir)
             onnx.save(proto, str(b.out / f".{onnx_name(combo)}.tmp"))
             shutil.rmtree(raw_dir)  # the exporter's copy of the weights

@@ -10,9 +10,13 @@ Graph inputs (float32 unless noted; B batch, N tokens, L caption length, all thr
     motion [B]                 motion score (negative: unconditioned)
 
 Output: `velocity` [B, N, pf*p*p*C]. Patchify / unpatchify and the RoPE tables stay outside the graph, so one
-graph serves every resolution and frame count. Export uses the dynamo exporter at opset 20, where attention is
-decomposed into MatMul / Softmax (the form TensorRT fuses into its attention kernels); RMSNorm is hand-written
+graph serves every resolution and frame count. Export uses the dynamo exporter at opset 20; RMSNorm is hand-written
 and RoPE real-valued, so the graph holds no complex or float64 tensor (checked by `check_graph`).
+
+Attention has two forms (`ATTENTION_FORMS`): ``decomposed`` MatMul / Softmax / MatMul (the form TensorRT fuses
+into its attention kernels; graphs for TensorRT builds) and ``ort-mha``, ONNX Runtime's fused
+``com.microsoft.MultiHeadAttention`` (graphs for ONNX Runtime builds): measured on the bench model's 1x2 step it is
+faster on ONNX Runtime's CPU provider (docs/engines.md). GQA keys / values are repeated to the query heads in both.
 """
 
 from __future__ import annotations
@@ -48,7 +52,8 @@ INPUT_NAMES = ("tokens", "cos", "sin", "t", "cap_feats", "cap_mask", "motion")
 OUTPUT_NAME = "velocity"
 OPSET = 20
 # Bump when the graph layout or weight naming changes: part of the export cache key.
-EXPORT_FORMAT = 1
+EXPORT_FORMAT = 2
+ATTENTION_FORMS = ("decomposed", "ort-mha")
 # Initializers at least this large go to the shared weight store; smaller ones stay inside each graph.
 EXTERNAL_THRESHOLD = 1024
 
@@ -66,6 +71,95 @@ FORBIDDEN_TYPES = {
     TensorProto.COMPLEX64: "complex64",
     TensorProto.COMPLEX128: "complex128",
 }
+
+
+# ------------------------------------------------------------------------------------------------
+# Attention as ONNX Runtime's fused MultiHeadAttention (contrib domain com.microsoft)
+# ------------------------------------------------------------------------------------------------
+
+
+MHA_OP, MHA_DOMAIN = "MultiHeadAttention", "com.microsoft"
+
+
+@torch.library.custom_op("lumina_rt_export::mha", mutates_args=())
+def _mha(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None, num_heads: int
+) -> torch.Tensor:
+    """q [B, N, H*Dh], k / v [B, L, H*Dh], key_mask [B, L] int32 (1 = attend) or None -> [B, N, H*Dh] (SDPA)."""
+    b, n, e = q.shape
+    dh = e // num_heads
+
+    def heads(t: torch.Tensor) -> torch.Tensor:
+        return t.view(b, t.shape[1], num_heads, dh).transpose(1, 2)
+
+    mask = None if key_mask is None else key_mask.bool()[:, None, None, :]
+    out = torch.nn.functional.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=mask)
+    return out.transpose(1, 2).reshape(b, n, e)
+
+
+@_mha.register_fake
+def _mha_fake(q, k, v, key_mask, num_heads):  # noqa: ANN001, ANN202
+    return torch.empty_like(q)
+
+
+def _ort_mha_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    x_mask: torch.Tensor | None,
+    yk: torch.Tensor,
+    yv: torch.Tensor,
+    y_mask: torch.Tensor,
+    gate: torch.Tensor,
+) -> torch.Tensor:
+    """`ops.gated_attention` written with the MultiHeadAttention op (same math; K / V repeated for GQA)."""
+    b, n, hq, dh = q.shape
+
+    def flat(t: torch.Tensor) -> torch.Tensor:
+        if t.shape[2] != hq:
+            t = t.repeat_interleave(hq // t.shape[2], dim=2)
+        return t.reshape(t.shape[0], t.shape[1], hq * dh)
+
+    mha = torch.ops.lumina_rt_export.mha
+    qf = flat(q)
+    out = mha(qf, flat(k), flat(v), None if x_mask is None else x_mask.to(torch.int32), hq)
+    out_y = mha(qf, flat(yk), flat(yv), y_mask.to(torch.int32), hq)
+    return out + out_y * gate.tanh().to(out_y.dtype).repeat_interleave(dh)
+
+
+def _register_mha_schema() -> None:
+    """Declare com.microsoft::MultiHeadAttention (inputs used here) to onnx, so onnxscript can emit it."""
+    from onnx.defs import OpSchema
+
+    if onnx.defs.has(MHA_OP, MHA_DOMAIN):
+        return
+    opt = OpSchema.FormalParameterOption.Optional
+    schema = OpSchema(
+        MHA_OP, MHA_DOMAIN, 1,
+        inputs=[OpSchema.FormalParameter("query", "T"), OpSchema.FormalParameter("key", "T", param_option=opt),
+                OpSchema.FormalParameter("value", "T", param_option=opt),
+                OpSchema.FormalParameter("bias", "T", param_option=opt),
+                OpSchema.FormalParameter("key_padding_mask", "M", param_option=opt)],
+        outputs=[OpSchema.FormalParameter("output", "T")],
+        type_constraints=[("T", ["tensor(float)", "tensor(float16)"], ""), ("M", ["tensor(int32)"], "")],
+        attributes=[OpSchema.Attribute("num_heads", OpSchema.AttrType.INT, "number of attention heads")],
+    )  # fmt: skip
+    onnx.defs.register_schema(schema)
+
+
+def _mha_translation() -> dict[Any, Callable]:
+    """The exporter's translation of `lumina_rt_export::mha` to com.microsoft.MultiHeadAttention."""
+    import onnxscript
+
+    _register_mha_schema()
+    msft = onnxscript.values.Opset(MHA_DOMAIN, 1)
+
+    def mha_onnx(q, k, v, key_mask, num_heads: int):  # noqa: ANN001, ANN202
+        if key_mask is None:
+            return msft.MultiHeadAttention(q, k, v, num_heads=num_heads)
+        return msft.MultiHeadAttention(q, k, v, None, key_mask, num_heads=num_heads)
+
+    return {torch.ops.lumina_rt_export.mha.default: mha_onnx}
 
 
 class VelocityGraph(torch.nn.Module):
@@ -141,9 +235,15 @@ def random_inputs(config: ModelConfig, combo: str, case: CheckCase, seed: int = 
 
 
 def export_scale(
-    model: MultiScaleNextDiT, combo: str, workdir: str | os.PathLike, opset: int = OPSET
+    model: MultiScaleNextDiT,
+    combo: str,
+    workdir: str | os.PathLike,
+    opset: int = OPSET,
+    attention: str = "decomposed",
 ) -> tuple[onnx.ModelProto, Path]:
     """ONNX graph of one velocity evaluation at patch `combo` (batch / tokens / caption dynamic).
+
+    `attention`: one of ATTENTION_FORMS (module docstring).
 
     The exporter writes the graph with its weights as external data into `workdir` (so models past protobuf's
     2 GB limit export too); returns the graph without weight data and the folder its external data lives in.
@@ -161,8 +261,12 @@ def export_scale(
         "cap_mask": {0: batch, 1: caption},
         "motion": {0: batch},
     }
+    if attention not in ATTENTION_FORMS:
+        raise EngineError(f"unknown attention form {attention!r}; choose one of {ATTENTION_FORMS}")
+    translation = _mha_translation() if attention == "ort-mha" else None
+    form = ops.replace_torch_impl("gated_attention", _ort_mha_attention) if translation else contextlib.nullcontext()
     sink = io.StringIO()
-    with ops.use_backend("torch"), torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(sink):
+    with ops.use_backend("torch"), torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(sink), form:
         warnings.simplefilter("ignore")
         quiet = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx", "torch.export")]
         levels = [q.level for q in quiet]
@@ -178,6 +282,7 @@ def export_scale(
             output_names=[OUTPUT_NAME],
             optimize=True,
             verbose=False,
+            custom_translation_table=translation,
         )
         for q, level in zip(quiet, levels):
             q.setLevel(level)

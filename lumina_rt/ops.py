@@ -232,6 +232,17 @@ def use_backend(name: str) -> Iterator[None]:
         set_backend(previous)
 
 
+@contextlib.contextmanager
+def replace_torch_impl(op: str, fn: Callable) -> Iterator[None]:
+    """Run `fn` as the PyTorch implementation of `op` inside the block (the ONNX exporter's attention form)."""
+    previous = TORCH_IMPLS[op]
+    TORCH_IMPLS[op] = fn
+    try:
+        yield
+    finally:
+        TORCH_IMPLS[op] = previous
+
+
 def _impl(op: str, like: torch.Tensor) -> Callable:
     backend = _backend
     # The fused kernels have no backward: whenever autograd records (training), use the torch math.

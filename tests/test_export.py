@@ -13,7 +13,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from lumina_rt.checkpoint import save_native
+from lumina_rt.checkpoint import load_config, save_native
 from lumina_rt.config import ModelConfig
 from lumina_rt.engines import onnxruntime_engine, tensorrt_engine
 from lumina_rt.engines.profiles import ServeShapes
@@ -22,6 +22,7 @@ from lumina_rt.export.build_engines import build
 from lumina_rt.export.onnx_export import TENSORRT_OPS, check_graph
 from lumina_rt.model import MultiScaleNextDiT
 from lumina_rt.runtime import Runtime
+from lumina_rt.tolerances import rel_err
 from tests._engine_fixtures import engines
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,7 +80,7 @@ def test_build_exports_every_scale_sharing_one_weight_file(public):
     assert "all_x_embedder.2-1.weight.T" in names["1x2"] and "all_x_embedder.2-1.weight.T" not in names["2x4"]
 
 
-def test_graphs_are_dynamic_float32_and_parsable_by_tensorrt(public):
+def test_graphs_are_dynamic_float32_with_fused_attention_for_onnxruntime(public):
     _, eng, _ = public
     proto = onnx.load(str(eng / "velocity_2x4.onnx"), load_external_data=False)
     dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in proto.graph.input}
@@ -94,9 +95,36 @@ def test_graphs_are_dynamic_float32_and_parsable_by_tensorrt(public):
     }
     assert [i.type.tensor_type.elem_type for i in proto.graph.input] == [1, 1, 1, 1, 1, 7, 1]
     # by path: the ONNX checker reads the external weights next to the file; raises on float64 / complex / operators
-    info = check_graph(eng / "velocity_2x4.onnx", "2x4", for_tensorrt=True)
-    assert info["opset"] == 20 and set(info["ops"]) <= TENSORRT_OPS
-    assert "Attention" not in info["ops"] and "MatMul" in info["ops"] and "Softmax" in info["ops"]
+    info = check_graph(eng / "velocity_2x4.onnx", "2x4")
+    assert info["opset"] == 20 and info["unsupported_by_tensorrt"] == ["MultiHeadAttention"]
+    n_mha = sum(n.op_type == "MultiHeadAttention" and n.domain == "com.microsoft" for n in proto.graph.node)
+    assert n_mha == 2 * load_config(public[0]).n_layers  # self- and cross-attention of every layer
+    assert "Softmax" not in info["ops"]
+    with pytest.raises(EngineError, match=r"TensorRT's ONNX parser does not take: \['MultiHeadAttention'\]"):
+        check_graph(eng / "velocity_2x4.onnx", "2x4", for_tensorrt=True)
+
+
+def test_graphs_for_tensorrt_keep_matmul_softmax_attention(tmp_path, public):
+    """The decomposed form (TensorRT builds): only operators TensorRT's parser takes, same velocity as ORT's form."""
+    import onnxruntime
+
+    from lumina_rt.checkpoint import load_model
+    from lumina_rt.export.build_engines import attention_form
+    from lumina_rt.export.onnx_export import CHECK_CASES, export_scale, random_inputs
+
+    assert attention_form("tensorrt") == "decomposed" and attention_form("onnx") == "ort-mha"
+    model = load_model(public[0])
+    outs = {}
+    for form in ("decomposed", "ort-mha"):
+        proto, folder = export_scale(model, "2x4", tmp_path / form, attention=form)
+        onnx.save(proto, str(folder / "g.onnx"))
+        if form == "decomposed":
+            info = check_graph(folder / "g.onnx", "2x4", for_tensorrt=True)
+            assert set(info["ops"]) <= TENSORRT_OPS and {"MatMul", "Softmax"} <= set(info["ops"])
+        feeds = {k: v.numpy() for k, v in random_inputs(model.config, "2x4", CHECK_CASES[1]).items()}
+        session = onnxruntime.InferenceSession(str(folder / "g.onnx"), providers=["CPUExecutionProvider"])
+        outs[form] = session.run(None, feeds)[0]
+    assert rel_err(outs["ort-mha"], outs["decomposed"]) < 1e-6
 
 
 def test_check_graph_refuses_float64_and_foreign_operators():

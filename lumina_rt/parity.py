@@ -185,11 +185,14 @@ def run_parity(
     return results
 
 
-def results_to_json(fixture: Fixture, backend: str, results: list[CaseResult], tolerance: float) -> str:
+def results_to_json(
+    fixture: Fixture, backend: str, results: list[CaseResult], tolerance: float, precision: str = "fp32"
+) -> str:
     return json.dumps(
         {
             "fixture": str(fixture.path),
             "backend": backend,
+            "precision": precision,
             "tolerance": tolerance,
             "passed": all(r.passed for r in results),
             "max_rel_err": max((r.rel_err for r in results), default=0.0),

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         runtime.check_config(fixture.config)
         target = runtime.parity_target()
         precision = runtime.engines.precision
-        label = f"engines:{runtime.backend_name} {precision}"
+        label = f"engines:{runtime.backend_name}"
         main_rank = runtime.is_main
     else:
         ops.set_backend(args.backend)
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         model.load_state_dict(fixture.state_dict, strict=True)
         precision = args.precision
         target = ModelParityTarget(model, DTYPES[precision])
-        label = f"{args.backend} {precision}"
+        label = args.backend
     if args.tolerance is None:
         args.tolerance = TOLERANCES["fp32" if precision == "fp32" else "bf16"]
         if parallel is not None:
@@ -87,11 +87,11 @@ def run(args: argparse.Namespace) -> int:
     if not main_rank:
         return 0 if ok else 1
     if args.json:
-        print(results_to_json(fixture, label, results, args.tolerance))
+        print(results_to_json(fixture, label, results, args.tolerance, precision))
     else:
         worst = max(r.rel_err for r in results)
         print(
             f"{'passed' if ok else 'FAILED'}: {sum(r.passed for r in results)}/{len(results)} cases "
-            f"within {args.tolerance:g} (max rel err {worst:.3e}, backend {label})"
+            f"within {args.tolerance:g} (max rel err {worst:.3e}, backend {label}, {precision})"
         )
     return 0 if ok else 1

@@ -72,6 +72,20 @@ def test_parity_on_generated_fixtures(name):
     assert worst.rel_err <= 1e-5, worst
 
 
+@pytest.mark.parametrize("name", ["public", *sorted(EXTRA_CONFIGS)])
+def test_cpu_fused_engines_pass_every_fixture(name):
+    """The torch + C++ ops engine (attention kernel included: GQA 2:1 / 3:1 / none, head dims 16-64) within 1e-5."""
+    from lumina_rt import _C
+
+    if not _C.attention_supported(0):
+        pytest.skip(f"this CPU has no AVX-512 (ISA {_C.isa()}): the attention kernel cannot run here")
+    _, eng, _ = engines(name)
+    fx = load_fixture(fixture_path(name))
+    rt = Runtime(eng, backend="torch-cpu-fused")
+    worst = max(run_parity(fx, rt.parity_target()), key=lambda r: r.rel_err)
+    assert worst.rel_err <= 1e-5, worst
+
+
 def test_torch_backend_from_the_same_weight_file(public):
     fx, _, eng, _ = public
     rt = Runtime(eng, backend="torch")

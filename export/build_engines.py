@@ -19,7 +19,10 @@ A stage whose key and files match says "cached" and does nothing:
    `--text-encoder` / `--vae`, referenced by absolute path) and the checkpoint's relative component files;
 5. measure: every engine backend that can run here, timed per scale on the served shape; the ranking that
    `auto` follows at run time (`lumina_rt.engines.measure`);
-6. manifest.json, written when anything changed.
+6. v2a (with `--v2a DIR`, and for the built-in model its sound model): the V2A checkpoint copied into `v2a/` and,
+   unless the target is torch, its velocity exported to `v2a/velocity.onnx` and checked in ONNX Runtime
+   (`lumina_rt.engines.v2a_engine`, `lumina_rt.export.v2a_export`);
+7. manifest.json, written when anything changed.
 """
 
 from __future__ import annotations
@@ -54,9 +57,10 @@ from lumina_rt.engines.profiles import (
     parse_resolutions,
     token_features,
 )
+from lumina_rt.engines.v2a_engine import V2A_DIR, V2A_ONNX
 from lumina_rt.engines.weights import WEIGHTS_FILE, write_param_store
 from lumina_rt.errors import BackendUnavailableError, ConfigError, EngineError
-from lumina_rt.files import atomic_write
+from lumina_rt.files import atomic_path, atomic_write
 from lumina_rt.sampling import SAMPLE_PRESETS, SampleConfig
 from lumina_rt.tolerances import DTYPES, PRECISIONS, TOLERANCE
 
@@ -427,6 +431,61 @@ def measure_stage(b: _Build, manifest: dict[str, Any], steps: int) -> Stage:
     return Stage("measure", key, [], run, "found a ranking measured on this machine")
 
 
+# -------------------------------------------------------------------------------------------- 6. v2a
+def _source_files(directory: Path) -> list[str]:
+    """Relative paths of the files of a V2A checkpoint folder (hidden files and caches left out)."""
+    if not (directory / "config.json").is_file():
+        raise ConfigError(f"--v2a {str(directory)!r} is not a V2A checkpoint folder (no config.json)")
+    return sorted(
+        f.relative_to(directory).as_posix()
+        for f in directory.rglob("*")
+        if f.is_file() and not any(part.startswith((".", "__pycache__")) for part in f.relative_to(directory).parts)
+    )
+
+
+def v2a_stage(b: _Build, source: Path, with_onnx: bool) -> Stage:
+    """The V2A checkpoint copied into v2a/ (+ its ONNX graph, checked in ONNX Runtime, when `with_onnx`)."""
+    files = _source_files(source)
+    hashes = {rel: mf.sha256_file(source / rel) for rel in files}
+    versions = {name: mf.package_version(name) for name in ("torch", "onnx", "onnxscript", "onnxruntime")}
+    exporter: dict[str, Any] = {"onnx": False}
+    if with_onnx:
+        from lumina_rt.export import v2a_export as vx
+
+        exporter = {"onnx": True, "opset": vx.OPSET, "format": vx.EXPORT_FORMAT, "code": vx.graph_code_hash(),
+                    "tolerance": b.tolerance}  # fmt: skip
+    key = mf.cache_key("v2a", files=hashes, exporter=exporter, versions=versions)
+    old = b.old.get("v2a") or {}
+    outputs = [*(old.get("files") or [None]), *([old.get("onnx")] if with_onnx else [])]
+
+    def run() -> dict[str, Any]:
+        from lumina_rt.v2a import V2APipeline
+
+        onnx_info: dict[str, Any] = {}
+        check = None
+        with atomic_path(b.out / V2A_DIR, directory=True) as tmp:
+            for rel in files:
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source / rel, tmp / rel)
+            pipe = V2APipeline.from_dir(tmp)  # the copy loads
+            frames = (pipe.min_frames, pipe.max_frames)
+            if with_onnx:
+                from lumina_rt.export.v2a_export import export_and_check
+
+                onnx_info, check = export_and_check(pipe.model, tmp, frames, b.tolerance)
+        entries = [mf.file_entry(b.out, f"{V2A_DIR}/{rel}") for rel in files]
+        note = f"copied {source} ({len(files)} files)"
+        if with_onnx:
+            note += f", {V2A_ONNX} ({onnx_info['nodes']} nodes), ONNX Runtime vs reference {check['max_rel_err']:.1e}"
+        return {"note": note, "source": str(source.resolve()), "name": source.name,
+                "config": pipe.model.config.to_kwargs(), "frames": list(frames),
+                "sample_rate": pipe.spec.sample_rate, "fps": pipe.spec.fps, "files": entries,
+                "onnx": mf.file_entry(b.out, V2A_ONNX) if with_onnx else None, "opset": onnx_info.get("opset"),
+                "check": check}  # fmt: skip
+
+    return Stage("v2a", key, outputs, run, "found cached V2A engine")
+
+
 def build(
     checkpoint: str | Path,
     out: str | Path,
@@ -445,11 +504,13 @@ def build(
     vae_dtype: str = "auto",
     vae_tiling: bool = False,
     vae_slicing: bool = False,
+    v2a: str | Path | None = None,
 ) -> BuildReport:
     """Build (or bring up to date) the engine directory `out` from `checkpoint`; see the module docstring.
 
     `text_encoder` / `vae`: the released pipeline's Gemma-2-2B and CogVideoX VAE folders (referenced, not copied),
     written into the engine directory's components.json with the released latent spec and sample presets.
+    `v2a`: a V2A checkpoint folder (`lumina_rt.v2a`), served as the engine directory's sound model.
     """
     from lumina_rt.checkpoint import load_config, weights_hash
 
@@ -533,6 +594,13 @@ def build(
         report.done.append("components: the checkpoint has none any more")
         (out / components.COMPONENTS_FILE).unlink(missing_ok=True)
 
+    v2a_entry = None
+    if v2a is not None:
+        with_onnx = target != "torch" and onnx_unavailable_reason() is None
+        v2a_entry = run_stage(v2a_stage(b, Path(v2a), with_onnx), old.get("v2a"), out, report)
+    elif old.get("v2a"):
+        report.done.append("v2a: no V2A model any more")
+
     presets = comps.get("sampling") or {}
     manifest = mf.new_manifest()
     manifest.update(
@@ -563,6 +631,7 @@ def build(
         default_sample_preset=_default_preset(config, presets, default_preset),
         sample_presets=presets,
         ranking=None,
+        v2a=v2a_entry,
     )
     manifest = json.loads(json.dumps(manifest))  # plain JSON types, comparable with the one read back
     stage = measure_stage(b, manifest, measure_steps)
@@ -609,6 +678,9 @@ def _remove_stale(out: Path, old: dict[str, Any] | None, new: dict[str, Any]) ->
         if p.is_file():
             p.unlink()
             logger.info("removed stale %s", p)
+    if (old or {}).get("v2a") and not new.get("v2a") and (out / V2A_DIR).is_dir():
+        shutil.rmtree(out / V2A_DIR)
+        logger.info("removed stale %s", out / V2A_DIR)
 
 
 def _served_shapes(args: argparse.Namespace) -> ServeShapes:
@@ -679,6 +751,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     released.add_argument("--vae-dtype", default="auto", choices=dtypes, help="auto: bf16 on CUDA, fp32 on the CPU")
     released.add_argument("--vae-tiling", action="store_true", help="decode in spatial tiles (less memory)")
     released.add_argument("--vae-slicing", action="store_true", help="decode one video of a batch at a time")
+    p.add_argument(
+        "--v2a",
+        default=None,
+        metavar="V2A_DIR",
+        help="V2A checkpoint folder: also build its engine (sound for `generate --audio`; docs/audio.md)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -700,6 +778,7 @@ def run(args: argparse.Namespace) -> int:
         vae_dtype=args.vae_dtype,
         vae_tiling=args.vae_tiling,
         vae_slicing=args.vae_slicing,
+        v2a=args.v2a,
     )
     for line in report.cached:
         print(f"cached  {line}")

@@ -68,8 +68,15 @@ BUILTIN_SHAPES = dict(resolutions=((32, 32), (64, 64)), frames=(1, 8, 16))
 BUILTIN_DEFAULT_SIZE = (8, 32, 32)  # frames, height, width
 
 
+def builtin_v2a_source() -> Path | None:
+    """The shipped sound model's folder (lumina_rt/builtin/v2a/), or None while it is not there."""
+    folder = builtin_dir() / "v2a"
+    return folder if (folder / "config.json").is_file() else None
+
+
 def builtin_engines(precision: str = "fp32") -> Path:
-    """Engines of the built-in model, built on first use into the cache (LUMINA_RT_CACHE, ~/.cache/lumina_rt).
+    """Engines of the built-in model (and of its sound model, when shipped), built on first use into the cache
+    (LUMINA_RT_CACHE, ~/.cache/lumina_rt).
 
     fp32: the best target here (TensorRT, else ONNX, else torch); bf16: torch engines (a CPU with native bf16
     arithmetic, or a GPU), in their own folder.
@@ -80,7 +87,8 @@ def builtin_engines(precision: str = "fp32") -> Path:
     cache = Path(os.environ.get("LUMINA_RT_CACHE", Path.home() / ".cache" / "lumina_rt"))
     out = cache / "engines" / ("builtin" if precision == "fp32" else f"builtin-{precision}")
     target = "auto" if precision == "fp32" else "torch"
-    report = build(builtin_dir(), out, target=target, precision=precision, shapes=ServeShapes(**BUILTIN_SHAPES))
+    shapes = ServeShapes(**BUILTIN_SHAPES)
+    report = build(builtin_dir(), out, target=target, precision=precision, shapes=shapes, v2a=builtin_v2a_source())
     if report.changed:
         logger.info("built the built-in model's engines in %s (%.0f s)", out, report.seconds)
     return out

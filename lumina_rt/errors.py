@@ -45,3 +45,8 @@ class DecoderError(CheckpointError):
 
 class ParallelError(LuminaError, ValueError):
     """A parallel layout cannot run: world size not cfg x sp, sp not dividing the heads, no process group, ..."""
+
+
+class MediaError(LuminaError, RuntimeError):
+    """A video or sound could not be made: ffmpeg failed to encode, mux or decode a file, or the sound model gave
+    invalid samples."""

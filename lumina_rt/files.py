@@ -1,7 +1,7 @@
 """Atomic file writes: write beside the target under a hidden temporary name, then rename it into place.
 
 A reader sees either the old file or the complete new one, never a partial write; a crash leaves at most a
-hidden ``.NAME.*.tmp`` entry beside the target.
+hidden ``.NAME.*.tmp`` entry beside the target (``.NAME.*.tmp.mp4`` with ``keep_suffix``).
 """
 
 from __future__ import annotations
@@ -28,15 +28,16 @@ def _remove(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, directory: bool = False) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, directory: bool = False, keep_suffix: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary path beside `path` (an empty file, or an empty folder with `directory=True`).
 
     Write it inside the block; on success it is renamed onto `path` (a folder replaces an existing folder of that
-    name), on an exception it is removed. Permissions follow the umask, as for a plain `open`.
+    name), on an exception it is removed. Permissions follow the umask, as for a plain `open`. `keep_suffix`: the
+    temporary name ends in `path`'s suffix too (``.v.mp4.x1y2.tmp.mp4``), for writers that choose a format by it.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    prefix, suffix = f".{target.name}.", ".tmp"
+    prefix, suffix = f".{target.name}.", ".tmp" + (target.suffix if keep_suffix else "")
     if directory:
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=prefix, suffix=suffix))
         os.chmod(tmp, 0o777 & ~_umask())

@@ -1,4 +1,5 @@
-"""The generation pipeline: prompts -> caption features -> noise -> sampler (any velocity function) -> decode -> video.
+"""The generation pipeline: prompts -> caption features -> noise -> sampler (any velocity function) -> decode -> video
+(-> sound, with an audio stage).
 
 `Pipeline` is the one generation path of the project. It takes a velocity function and never knows what computes
 it: the engines of an engine directory (`Pipeline.from_engines`, what `lumina_rt.Runtime` serves) or the reference
@@ -6,7 +7,9 @@ torch model of a checkpoint (`Pipeline.from_checkpoint`). The same seed, sizes a
 same guided Euler steps and the same decoding either way.
 
 Components (text encoder, decoder, latent spec, sample presets) come from the directory's `components.json`
-(`lumina_rt.components`), loaded on first use.
+(`lumina_rt.components`), loaded on first use. Sound is one more stage after decoding: `generate(..., audio=stage)`
+hands the decoded clips to an `AudioStage` (`lumina_rt.soundtrack.Soundtrack`: a V2A model) and the result carries
+the waveforms, which `GenerationResult.save` muxes into the MP4.
 """
 
 from __future__ import annotations
@@ -16,18 +19,41 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from lumina_rt import components
 from lumina_rt.caching import StepCache
 from lumina_rt.components import Decoder, LatentSpec, TextEncoder
-from lumina_rt.errors import InputError, ScheduleError, TextEncoderError
+from lumina_rt.errors import ConfigError, InputError, ScheduleError, TextEncoderError
 from lumina_rt.sampling import SAMPLE_PRESETS, Conditioning, SampleConfig, TimeAware, VelocityFn, sample_euler
 
 # check_request(latent grid, scheduled combos, rows per call, caption tokens, the request in the user's words)
 RequestCheck = Callable[[Sequence[int], Sequence[str], int, int, str], None]
+
+
+class AudioStage(Protocol):
+    """Sound for decoded clips (`lumina_rt.soundtrack.Soundtrack`); the pipeline knows only this much of it."""
+
+    @property
+    def sample_rate(self) -> int: ...
+
+    def check(self, frames: int, fps: float, what: str = "the clip") -> int:
+        """InputError naming the request when a clip of `frames` frames at `fps` cannot get sound."""
+        ...
+
+    def batch(
+        self,
+        frames: torch.Tensor,
+        fps: float,
+        prompts: list[str | None] | None = None,
+        *,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> torch.Tensor:
+        """Waveforms [B, samples] as long as the clips [B, 3, F, H, W] at `fps`."""
+        ...
 
 
 def make_noise(shape: Sequence[int], seed: int) -> torch.Tensor:
@@ -38,7 +64,8 @@ def make_noise(shape: Sequence[int], seed: int) -> torch.Tensor:
 
 @dataclass
 class GenerationResult:
-    """What `generate` returns: latents [B, C, f, h, w]; with a decoder, frames [B, 3, F, H, W] in [0, 1]."""
+    """What `generate` returns: latents [B, C, f, h, w]; with a decoder, frames [B, 3, F, H, W] in [0, 1]; with an
+    audio stage, waveforms [B, samples] at `sample_rate`, as long as the clips at `fps`."""
 
     latents: torch.Tensor
     frames: torch.Tensor | None
@@ -48,6 +75,9 @@ class GenerationResult:
     seconds: float
     steps: list[str] = field(default_factory=list)  # patch combo of each model evaluation
     cache: dict[str, Any] | None = None  # with step caching: evaluations and reused steps per scale
+    audio: torch.Tensor | None = None  # [B, samples], one waveform per clip
+    sample_rate: int | None = None
+    fps: float | None = None  # the frame rate the sound was made for (the video's)
 
     @property
     def evaluations(self) -> int:
@@ -59,12 +89,20 @@ class GenerationResult:
         """The decoded frames when there is a decoder, else the latents."""
         return self.frames if self.frames is not None else self.latents
 
-    def save(self, path: str | os.PathLike, fps: int = 8, scale: int = 1) -> Path:
-        """Write the video (MP4 or GIF by suffix); without a decoder, a preview of the latents' first channels."""
+    def save(self, path: str | os.PathLike, fps: float | None = None, scale: int = 1, audio: bool = True) -> Path:
+        """Write the video (MP4 or GIF by suffix; default fps: the sound's, else 8); without a decoder, a preview of
+        the latents' first channels. With sound (and `audio`), an MP4 with one sound track per clip."""
         from lumina_rt.video import latent_preview, write_video
 
         video = self.frames if self.frames is not None else latent_preview(self.latents)
-        return write_video(video, path, fps=fps, scale=scale)
+        if self.audio is None or not audio:
+            return write_video(video, path, fps=fps or self.fps or 8, scale=scale)
+        if fps is not None and self.fps is not None and float(fps) != float(self.fps):
+            raise InputError(
+                f"the sound of this result was made for {self.fps:g} fps; saving {str(path)!r} at {float(fps):g} fps "
+                f"would put it out of step (save with fps={self.fps:g}, or audio=False)"
+            )
+        return write_video(video, path, fps=self.fps or 8, scale=scale, audio=self.audio, sample_rate=self.sample_rate)
 
 
 class Pipeline:
@@ -83,7 +121,9 @@ class Pipeline:
         default_size: tuple[int, int, int] | None = None,
         check_request: RequestCheck | None = None,
         backend: str = "",
+        audio: AudioStage | Callable[[], AudioStage | None] | None = None,
     ):
+        """`audio`: the audio stage `generate(..., audio=True)` uses, or a function that loads it on first use."""
         self.velocity = velocity
         self.patch_combos = tuple(patch_combos)
         self.cap_feat_dim = int(cap_feat_dim)
@@ -96,12 +136,18 @@ class Pipeline:
         self.backend = backend
         self._text_encoder: TextEncoder | None = None
         self._decoder: Decoder | None = None
+        self._audio = audio
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_engines(cls, engines: Any, velocity: VelocityFn | None = None) -> Pipeline:
+    def from_engines(
+        cls,
+        engines: Any,
+        velocity: VelocityFn | None = None,
+        audio: AudioStage | Callable[[], AudioStage | None] | None = None,
+    ) -> Pipeline:
         """Around an `EngineSet`: its velocity (or `velocity`, e.g. a parallel one over its engines), served sizes,
-        request check and the components copied by the build."""
+        request check and the components copied by the build; `audio`: the audio stage (or its loader)."""
         served = [s for p in engines.profiles.values() for s in p.served]
         best = max(served, key=lambda s: s["tokens"]) if served else None
         return cls(
@@ -115,6 +161,7 @@ class Pipeline:
             default_size=None if best is None else (int(best["frames"]), int(best["height"]), int(best["width"])),
             check_request=engines.check_request,
             backend=engines.backend_name,
+            audio=audio,
         )
 
     @classmethod
@@ -163,6 +210,17 @@ class Pipeline:
         if self._decoder is None and self.components_dir is not None:
             self._decoder = components.load_decoder(self.components_dir)
         return self._decoder
+
+    def audio_stage(self) -> AudioStage:
+        """The pipeline's audio stage (loaded on first use); ConfigError when it has none."""
+        if self._audio is not None and not hasattr(self._audio, "batch"):
+            self._audio = self._audio()  # a loader
+        if self._audio is None:
+            raise ConfigError(
+                f"{str(self.components_dir)!r} has no sound model: pass an audio stage (generate(..., "
+                "audio=lumina_rt.soundtrack.Soundtrack(v2a)), or build the engines with a V2A model"
+            )
+        return self._audio  # type: ignore[return-value]
 
     def encode(self, prompts: list[str]) -> Conditioning:
         feats, mask = self.text_encoder().encode(prompts)
@@ -261,6 +319,8 @@ class Pipeline:
         cache: str | float | StepCache | None = None,
         progress: bool = True,
         decode: bool = True,
+        audio: bool | AudioStage = False,
+        fps: float = 8,
     ) -> GenerationResult:
         """Sample videos: a prompt (or caption features), sizes in pixels, a preset (name or recipe dict with the
         released keys P / step / ts / renorm / cfg / motion / negMotion) or an explicit schedule.
@@ -270,6 +330,8 @@ class Pipeline:
         unconditioned spans stay unconditioned). Guidance (cfg > 0) runs the negative condition (`negative_prompt`,
         default "", or `neg_cap_feats`) in the same batch. Sizes default to the largest served shape. `cache`: step
         caching (`lumina_rt.caching`: "off", "safe", "fast" or a threshold); the result says what it skipped.
+        `audio`: True (the pipeline's audio stage) or an `AudioStage` gives each decoded clip, played at `fps`, a
+        sound made from its frames and prompt with `seed`; a request it cannot serve fails before sampling.
         """
         start = time.perf_counter()
         policy = StepCache.from_setting(cache)
@@ -323,6 +385,13 @@ class Pipeline:
                 raise InputError(f"noise must be [{batch}, {self.latent.channels}, f, h, w], got {tuple(z.shape)}")
             grid = tuple(z.shape[2:])
             asked = f"{batch} prompt{'s' * (batch > 1)}, latent noise {tuple(z.shape)}"
+        stage = None
+        if audio is not False and audio is not None:
+            if not decode:
+                raise InputError("audio needs decoded frames: generate with decode=True")
+            stage = self.audio_stage() if audio is True else audio
+            if noise is None:  # the decoder's frame count is known only after decoding; checked again then
+                stage.check(int(frames), fps, f"the requested video ({asked})")
         if self.check_request is not None:
             caption = max(pos.cap_feats.shape[1], 0 if neg is None else neg.cap_feats.shape[1])
             rows = batch * (2 if config.guided else 1)
@@ -347,6 +416,12 @@ class Pipeline:
             decoder = self.decoder()
             if decoder is not None:
                 video = decoder.decode(latents / self.latent.scale)
+        waves = None
+        if stage is not None:
+            if video is None:
+                raise InputError(f"{str(self.components_dir)!r} has no decoder: there are no frames to make sound for")
+            prompt_list = None if cap_feats is not None else ([prompt] if isinstance(prompt, str) else list(prompt))
+            waves = stage.batch(video, fps, prompt_list, seed=seed, progress=progress)
         return GenerationResult(
             latents=latents,
             frames=video,
@@ -356,4 +431,7 @@ class Pipeline:
             seconds=time.perf_counter() - start,
             steps=used,
             cache=None if run is None else run.summary(),
+            audio=waves,
+            sample_rate=None if stage is None else int(stage.sample_rate),
+            fps=None if stage is None else float(fps),
         )

@@ -3,14 +3,16 @@
 - `lumina_rt.engines.engine_set.EngineSet`: the manifest, the engine backend of each scale (measured ranking),
   and one velocity function over all scales;
 - `lumina_rt.pipeline.Pipeline`: prompts -> noise -> sampler -> decoder -> video, for any velocity function
-  (the reference model's goes through the same pipeline: `Pipeline.from_checkpoint`).
+  (the reference model's goes through the same pipeline: `Pipeline.from_checkpoint`);
+- with a V2A engine in the directory (manifest "v2a"), the audio stage of `generate(..., audio=True)`:
+  `lumina_rt.soundtrack.Soundtrack` over `lumina_rt.engines.v2a_engine.load_v2a`.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,6 +22,9 @@ from lumina_rt.engines.engine_set import BACKEND_ENV, EngineSet
 from lumina_rt.parallel import ParallelConfig
 from lumina_rt.pipeline import GenerationResult, Pipeline, make_noise
 from lumina_rt.sampling import SampleConfig
+
+if TYPE_CHECKING:
+    from lumina_rt.soundtrack import Soundtrack
 
 __all__ = ["BACKEND_ENV", "GenerationResult", "ParallelConfig", "Runtime", "make_noise"]
 
@@ -52,7 +57,18 @@ class Runtime:
         if self.mesh is not None:
             velocity = parallel_velocity(self.engines, self.mesh)
         self._velocity = velocity if velocity is not None else self.engines
-        self.pipeline = Pipeline.from_engines(self.engines, velocity=velocity)
+        self._v2a_options = (backend, verify, threads)
+        audio = self.sound_stage if self.manifest.get("v2a") else None  # loaded on first `generate(audio=True)`
+        self.pipeline = Pipeline.from_engines(self.engines, velocity=velocity, audio=audio)
+
+    def sound_stage(self) -> Soundtrack:
+        """The audio stage over the directory's V2A engine (`lumina_rt.soundtrack.Soundtrack`); EngineError when
+        the directory has none."""
+        from lumina_rt.engines.v2a_engine import load_v2a
+        from lumina_rt.soundtrack import Soundtrack
+
+        backend, verify, threads = self._v2a_options
+        return Soundtrack(load_v2a(self.engine_dir, self.manifest, backend, verify, threads))
 
     @property
     def is_main(self) -> bool:

@@ -320,7 +320,8 @@ def latest_checkpoint(out: Path) -> Path | None:
     return path
 
 
-def _prune(out: Path, keep: int) -> None:
+def prune_checkpoints(out: Path, keep: int) -> None:
+    """Delete all but the newest `keep` checkpoints under out/checkpoints."""
     ckpts = sorted((out / "checkpoints").glob("step-*"))
     for old in ckpts[: max(0, len(ckpts) - keep)]:
         shutil.rmtree(old, ignore_errors=True)
@@ -574,7 +575,7 @@ def train(
             elapsed = round(run.elapsed_before + time.time() - t_start, 1)
             extra = {"stage": stage_i, "total": total, "elapsed_s": elapsed}
             save_checkpoint(out, step, run.model, run.opt, run.ema, extra)
-            _prune(out, tc.keep_checkpoints)
+            prune_checkpoints(out, tc.keep_checkpoints)
     bar.close()
     export = export_dir if export_dir is not None else cfg.export
     done = run.step >= total and export

@@ -44,6 +44,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "generate held-out prompts with a model and score colour / direction / speed adherence",
         "lumina_rt.cli.eval",
     ),
+    "v2a": (
+        "add sound made by the V2A model to a video (MP4 out; the video stream is kept)",
+        "lumina_rt.cli.v2a",
+    ),
+    "train-v2a": (
+        "train a Lumina-V2A (video-to-audio) model on the synthetic bouncing clips with sounds",
+        "lumina_rt.cli.train_v2a",
+    ),
+    "eval-v2a": (
+        "generate sound for held-out clips with a V2A model and score onset sync and pitch vs a shuffled control",
+        "lumina_rt.cli.eval_v2a",
+    ),
     "generate-reference": (
         "generate a video with a checkpoint's reference torch model (no engines needed)",
         "lumina_rt.cli.generate_reference",

@@ -56,14 +56,20 @@ def add(p: argparse.ArgumentParser) -> Runner:
     p.add_argument(
         "--cache", default=None, help="step caching: off (default), safe, fast, or a threshold (docs/caching.md)"
     )
+    p.add_argument(
+        "--audio",
+        action="store_true",
+        help="add a sound track made from the frames and prompt by the V2A model (MP4 only; docs/audio.md)",
+    )
+    p.add_argument("--audio-steps", type=int, default=None, help="V2A sampling grid points (default: the model's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_parallel_flags(p)
     return run
 
 
 def run(args: argparse.Namespace) -> int:
-    from lumina_rt.builtin_parts import BUILTIN_DEFAULT_SIZE, builtin_engines
-    from lumina_rt.errors import InputError
+    from lumina_rt.builtin_parts import BUILTIN_DEFAULT_SIZE, builtin_engines, builtin_v2a_source
+    from lumina_rt.errors import ConfigError, InputError
     from lumina_rt.runtime import Runtime
 
     if args.builtin == (args.engine_dir is not None):
@@ -73,8 +79,15 @@ def run(args: argparse.Namespace) -> int:
             f"--precision {args.precision} applies to --builtin; an engine directory has its own precision "
             "(`lumina-rt build --precision`)"
         )
+    if args.audio and Path(args.out).suffix.lower() != ".mp4":
+        raise InputError(f"--audio needs an .mp4 --out (a GIF has no sound track), got {args.out!r}")
+    if args.audio and args.builtin and builtin_v2a_source() is None:
+        raise ConfigError("--audio needs the built-in V2A model, which is not installed (lumina_rt/builtin/v2a/)")
     engine_dir = builtin_engines(args.precision or "fp32") if args.builtin else Path(args.engine_dir)
     runtime = Runtime(engine_dir, backend=args.backend, parallel=parallel_config(args))
+    audio = False
+    if args.audio:
+        audio = sound_stage(runtime, args)
     if args.builtin:
         f, h, w = BUILTIN_DEFAULT_SIZE
         args.frames, args.height, args.width = args.frames or f, args.height or h, args.width or w
@@ -104,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         cache=args.cache,
         progress=not args.no_progress and runtime.is_main,
+        audio=audio,
+        fps=args.fps,
     )
     if not runtime.is_main:  # every process holds the result; rank 0 alone writes it
         return 0
@@ -114,8 +129,19 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {path} ({kind}, {tuple(result.latents.shape)} latents, {result.config.step}-point time grid, "
         f"{result.evaluations} model evaluations, backend {result.backend}, {result.seconds:.1f} s)"
     )
+    if result.audio is not None:
+        print(f"sound: {result.audio.shape[0]} track(s) of {result.audio.shape[1]} samples at {result.sample_rate} Hz")
     if result.cache is not None:
         scales = result.cache["per_scale"].items()
         per = ", ".join(f"{c} {s['evaluated']} run / {s['reused']} reused" for c, s in scales)
         print(f"step cache {result.cache['policy']}: {per}")
     return 0
+
+
+def sound_stage(runtime, args: argparse.Namespace):
+    """The audio stage of `--audio`: the engine directory's V2A engine (the built-in model's sound model's with
+    --builtin); ConfigError when the directory has none."""
+    stage = runtime.pipeline.audio_stage()
+    if args.audio_steps is not None:
+        stage.steps = args.audio_steps
+    return stage

@@ -151,8 +151,12 @@ def _trail_alpha(
     return (weight * a).amax(0)
 
 
-def render_clip(spec: ClipSpec, frames: int = 8, size: int = 32, frame_stride: int = 1) -> torch.Tensor:
-    """Frames [3, frames, size, size] in [0, 1]; frame k shows generator time k * frame_stride."""
+def render_clip(
+    spec: ClipSpec, frames: int = 8, size: int = 32, frame_stride: int = 1, trail: bool = True
+) -> torch.Tensor:
+    """Frames [3, frames, size, size] in [0, 1]; frame k shows generator time k * frame_stride.
+
+    `trail=False` draws no motion trail (the V2A clips, whose objects turn around: `lumina_rt.data.sound`)."""
     pixel = REFERENCE_SIZE / size
     coords = (torch.arange(size, dtype=torch.float32) + 0.5) * pixel
     yy, xx = torch.meshgrid(coords, coords, indexing="ij")
@@ -166,8 +170,11 @@ def render_clip(spec: ClipSpec, frames: int = 8, size: int = 32, frame_stride: i
     cx = torch.tensor([spec.x0 + dx * spec.speed * s for s in steps], dtype=torch.float32)[:, None, None]
     cy = torch.tensor([spec.y0 + dy * spec.speed * s for s in steps], dtype=torch.float32)[:, None, None]
     alpha = _shape_alpha(spec.shape, xx - cx, yy - cy, spec.radius, pixel)[None]  # [1, F, H, W]
-    trail = _trail_alpha(spec, xx, yy, cx, cy, pixel)[None]
-    video = background * (1 - trail) + colour * trail
+    if trail:
+        alpha_trail = _trail_alpha(spec, xx, yy, cx, cy, pixel)[None]
+        video = background * (1 - alpha_trail) + colour * alpha_trail
+    else:
+        video = background.expand(3, frames, size, size)
     video = video * (1 - alpha) + colour * alpha
     if spec.source == "grainy":  # sensor noise, drawn frame by frame from the clip's own generator
         gen = torch.Generator().manual_seed(spec.noise_seed)

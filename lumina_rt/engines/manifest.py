@@ -15,7 +15,8 @@ nothing. Top-level fields:
   ONNX Runtime comparison with the reference model, or null), `profile` (batch / token / caption ranges), `engine`
   (TensorRT plan entry or null);
 - `timing_cache`, `components`, `default_sample_preset`, `sample_presets`;
-- `ranking`: the engine backends measured per scale, fastest first (`lumina_rt.engines.measure`), or null.
+- `ranking`: the engine backends measured per scale, fastest first (`lumina_rt.engines.measure`), or null;
+- `v2a`: the sound model's engine (`lumina_rt.engines.v2a_engine`), or null / absent.
 
 A file entry is {path (relative), bytes, sha256}.
 """

@@ -16,7 +16,7 @@ from lumina_rt import ops
 from lumina_rt.builtin_parts import builtin_dir, generate_reference
 from lumina_rt.engines import BACKENDS, UNMEASURED_ORDER
 from lumina_rt.engines.engine_set import EngineSet
-from lumina_rt.engines.measure import MARGIN, rank, ranking_lines
+from lumina_rt.engines.measure import CPU_TOKENS, MARGIN, measure_shape, rank, ranking_lines
 from lumina_rt.engines.profiles import ServeShapes
 from lumina_rt.engines.torch_engine import cpu_has_native_bf16
 from lumina_rt.errors import BackendUnavailableError, EngineError, InputError
@@ -140,6 +140,14 @@ def test_bf16_torch_engines(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ measured ranking
+
+
+def test_measured_shape_is_capped_without_a_gpu():
+    """CPU builds time a scale on the largest served shape within CPU_TOKENS (else the smallest); GPUs the largest."""
+    served = [{"tokens": 96 * 240 * 240}, {"tokens": 1024}, {"tokens": CPU_TOKENS}, {"tokens": 60}]
+    assert measure_shape(served, gpu=False)["tokens"] == CPU_TOKENS
+    assert measure_shape(served, gpu=True)["tokens"] == 96 * 240 * 240
+    assert measure_shape([{"tokens": 10**6}, {"tokens": 5 * 10**5}], gpu=False)["tokens"] == 5 * 10**5
 
 
 def test_rank_prefers_the_reference_within_the_margin():

@@ -3,7 +3,8 @@
 `lumina-rt build` calls `measure_backends` after writing the engines and records the result in the manifest
 ("ranking"); `EngineSet(backend="auto")` then takes, per scale, the first backend of that ranking that can run.
 Each backend that can run here is timed on the largest served shape of each scale (a CFG pair: batch 2 where the
-profile allows it, a 32-token caption): one warm-up call, then `steps` calls, the backends taking turns so that a
+profile allows it, a 32-token caption; without a GPU the largest served shape of at most `CPU_TOKENS` tokens, else
+the smallest: `measure_shape`): one warm-up call, then `steps` calls, the backends taking turns so that a
 busy moment of the machine hits all of them alike; the median counts. A backend is ranked above `torch` (the
 reference engine) only when it is at least `MARGIN` faster: a tie goes to the reference.
 """
@@ -27,6 +28,10 @@ logger = logging.getLogger(__name__)
 
 MARGIN = 0.03
 CAPTION = 32
+# Without a GPU a scale is timed on at most this many tokens per item: the released default profile (96 frames of
+# 960x960) is hours of CPU time per call, and graphs that hold the attention matrix would need more memory than the
+# machine has (a build of the built-in model with the default profile was OOM-killed at 24 GB before this cap).
+CPU_TOKENS = 4096
 
 
 def host() -> dict[str, Any]:
@@ -43,9 +48,18 @@ def host() -> dict[str, Any]:
     return {"cpu": cpu, "threads": torch.get_num_threads(), "gpu": gpu, "torch": torch.__version__}
 
 
+def measure_shape(served: list[dict[str, Any]], gpu: bool) -> dict[str, Any]:
+    """The served shape a scale is timed on: the largest; without a GPU the largest within CPU_TOKENS, else the
+    smallest."""
+    if not gpu:
+        within = [s for s in served if s["tokens"] <= CPU_TOKENS]
+        return max(within, key=lambda s: s["tokens"]) if within else min(served, key=lambda s: s["tokens"])
+    return max(served, key=lambda s: s["tokens"])
+
+
 def _inputs(engines: Any, combo: str, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
     prof = engines.profiles[combo]
-    best = max(prof.served, key=lambda s: s["tokens"])
+    best = measure_shape(list(prof.served), gpu=torch.cuda.is_available())
     batch = 2 if 2 in prof.batch else prof.batch.max
     caption = min(CAPTION, prof.caption.max)
     grid = tuple(int(g) for g in best["latent"])

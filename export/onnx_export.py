@@ -234,6 +234,41 @@ def random_inputs(config: ModelConfig, combo: str, case: CheckCase, seed: int = 
     }
 
 
+def dynamo_export(
+    graph: torch.nn.Module,
+    args: tuple[torch.Tensor, ...],
+    dynamic: dict[str, dict[int, Any]],
+    opset: int,
+    translation: dict[Any, Callable] | None = None,
+    input_names: Sequence[str] = INPUT_NAMES,
+    output_name: str = OUTPUT_NAME,
+) -> Any:
+    """`torch.onnx.export(dynamo=True)` with the torch kernels, no autograd, and the exporter's chatter silenced."""
+    sink = io.StringIO()
+    quiet = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx", "torch.export")]
+    levels = [q.level for q in quiet]
+    try:
+        for q in quiet:
+            q.setLevel(logging.ERROR)
+        with ops.use_backend("torch"), torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(sink):
+            warnings.simplefilter("ignore")
+            return torch.onnx.export(
+                graph,
+                args,
+                dynamic_shapes=dynamic,
+                dynamo=True,
+                opset_version=opset,
+                input_names=list(input_names),
+                output_names=[output_name],
+                optimize=True,
+                verbose=False,
+                custom_translation_table=translation,
+            )
+    finally:
+        for q, level in zip(quiet, levels):
+            q.setLevel(level)
+
+
 def export_scale(
     model: MultiScaleNextDiT,
     combo: str,
@@ -265,27 +300,8 @@ def export_scale(
         raise EngineError(f"unknown attention form {attention!r}; choose one of {ATTENTION_FORMS}")
     translation = _mha_translation() if attention == "ort-mha" else None
     form = ops.replace_torch_impl("gated_attention", _ort_mha_attention) if translation else contextlib.nullcontext()
-    sink = io.StringIO()
-    with ops.use_backend("torch"), torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(sink), form:
-        warnings.simplefilter("ignore")
-        quiet = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx", "torch.export")]
-        levels = [q.level for q in quiet]
-        for q in quiet:
-            q.setLevel(logging.ERROR)
-        program = torch.onnx.export(
-            graph,
-            args,
-            dynamic_shapes=dynamic,
-            dynamo=True,
-            opset_version=opset,
-            input_names=list(INPUT_NAMES),
-            output_names=[OUTPUT_NAME],
-            optimize=True,
-            verbose=False,
-            custom_translation_table=translation,
-        )
-        for q, level in zip(quiet, levels):
-            q.setLevel(level)
+    with form:
+        program = dynamo_export(graph, args, dynamic, opset, translation)
     if program is None:
         raise EngineError(f"the ONNX exporter returned no program for scale {combo}")
     workdir = Path(workdir)

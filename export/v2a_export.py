@@ -20,12 +20,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
-import io
 import logging
 import os
 import sys
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -116,6 +114,8 @@ def export_v2a(model: torch.nn.Module, path: str | os.PathLike, opset: int = OPS
     """Write the V2A velocity graph to `path` (weights inside: the model is small); returns {opset, nodes, seconds}."""
     import onnx
 
+    from lumina_rt.export.onnx_export import dynamo_export
+
     config = model.config
     graph = V2AVelocityGraph(model).eval()
     example = random_inputs(config, *EXPORT_EXAMPLE)
@@ -135,32 +135,14 @@ def export_v2a(model: torch.nn.Module, path: str | os.PathLike, opset: int = OPS
     }
     t0 = time.perf_counter()
     was_checking = getattr(model, "check_inputs", None)
-    sink = io.StringIO()
-    quiet = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx", "torch.export")]
-    levels = [q.level for q in quiet]
     try:
         model.check_inputs = False
-        for q in quiet:
-            q.setLevel(logging.ERROR)
-        with ops.use_backend("torch"), torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(sink):
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                graph,
-                tuple(example[name] for name in INPUT_NAMES),
-                dynamic_shapes=dynamic,
-                dynamo=True,
-                opset_version=opset,
-                input_names=list(INPUT_NAMES),
-                output_names=[OUTPUT_NAME],
-                optimize=True,
-                verbose=False,
-            )
+        args = tuple(example[name] for name in INPUT_NAMES)
+        program = dynamo_export(graph, args, dynamic, opset, input_names=INPUT_NAMES, output_name=OUTPUT_NAME)
     except Exception as exc:  # the exporter raises many types; say which graph failed
         raise EngineError(f"the V2A model does not export to ONNX: {type(exc).__name__}: {exc}") from None
     finally:
         model.check_inputs = was_checking
-        for q, level in zip(quiet, levels):
-            q.setLevel(level)
     if program is None:
         raise EngineError("the ONNX exporter returned no program for the V2A model")
     program.save(str(path))

@@ -152,11 +152,6 @@ class Attention(nn.Module):
         # `attention_fn(q, k, v, x_mask) -> out` (q, k, v [B, Hq, N_local, Dh]; lumina_rt.engines.parallel).
         self.attention_fn = None
 
-    def _heads(self, t: torch.Tensor) -> torch.Tensor:
-        """[B, L, Hk, Dh] -> [B, Hq, L, Dh], key/value heads repeated for GQA (head h reads kv head h // n_rep)."""
-        t = t.transpose(1, 2)
-        return t if self.n_rep == 1 else t.repeat_interleave(self.n_rep, dim=1)
-
     def forward(
         self,
         x: torch.Tensor,
@@ -182,8 +177,9 @@ class Attention(nn.Module):
         xv = xv.view(b, n, self.n_kv_heads, self.head_dim)
         if self.attention_fn is None:  # self- and gated cross-attention in one fused op
             return self.wo(ops.gated_attention(xq, xk, xv, x_mask, yk, yv, y_mask, self.gate))
-        out = self.attention_fn(xq.transpose(1, 2), self._heads(xk), self._heads(xv), x_mask)
-        out_y = ops.sdpa(xq.transpose(1, 2), self._heads(yk), self._heads(yv), y_mask[:, None, None, :])
+        hq = self.n_heads
+        out = self.attention_fn(xq.transpose(1, 2), ops.repeat_kv(xk, hq), ops.repeat_kv(xv, hq), x_mask)
+        out_y = ops.sdpa(xq.transpose(1, 2), ops.repeat_kv(yk, hq), ops.repeat_kv(yv, hq), y_mask[:, None, None, :])
         out = out + out_y * self.gate.tanh().view(1, -1, 1, 1)
         return self.wo(out.transpose(1, 2).reshape(b, n, self.n_heads * self.head_dim))
 

@@ -134,7 +134,7 @@ def attention_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torc
     return scores.softmax(-1) @ v
 
 
-def _heads(t: torch.Tensor, n_heads: int) -> torch.Tensor:
+def repeat_kv(t: torch.Tensor, n_heads: int) -> torch.Tensor:
     """[B, L, Hk, Dh] -> [B, Hq, L, Dh], key / value heads repeated for GQA (query head h reads head h // rep)."""
     t = t.transpose(1, 2)
     return t if t.shape[1] == n_heads else t.repeat_interleave(n_heads // t.shape[1], dim=1)
@@ -152,8 +152,8 @@ def _gated_attention_torch(
 ) -> torch.Tensor:
     b, n, hq, dh = q.shape
     qh = q.transpose(1, 2)
-    out = sdpa(qh, _heads(k, hq), _heads(v, hq), None if x_mask is None else x_mask[:, None, None, :])
-    out_y = sdpa(qh, _heads(yk, hq), _heads(yv, hq), y_mask[:, None, None, :])
+    out = sdpa(qh, repeat_kv(k, hq), repeat_kv(v, hq), None if x_mask is None else x_mask[:, None, None, :])
+    out_y = sdpa(qh, repeat_kv(yk, hq), repeat_kv(yv, hq), y_mask[:, None, None, :])
     out = out + out_y * gate.tanh().to(out_y.dtype).view(1, -1, 1, 1)
     return out.transpose(1, 2).reshape(b, n, hq * dh)
 

@@ -5,16 +5,11 @@ from __future__ import annotations
 import argparse
 
 from lumina_rt.cli import Runner
+from lumina_rt.cli.train import add_run_flags
 
 
 def add(p: argparse.ArgumentParser) -> Runner:
-    p.add_argument("config", help="V2A training config, e.g. configs/v2a_builtin.json")
-    p.add_argument("--out", default=None, help="run directory (checkpoints, log); default: the config's 'output'")
-    p.add_argument("--export", default=None, help="write the final model here (default: the config's 'export')")
-    p.add_argument("--no-resume", action="store_true", help="start from scratch even if the run has checkpoints")
-    p.add_argument("--stop-after", type=int, default=None, help="stop after this many total steps (resumable)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: the config's)")
+    add_run_flags(p, "V2A training config, e.g. configs/v2a_builtin.json")
     return run
 
 

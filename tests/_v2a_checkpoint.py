@@ -57,11 +57,12 @@ def tiny_v2a_dir() -> Path:
     return _MADE["tiny"]
 
 
-def builtin_v2a_or_skip() -> Path:
-    """The shipped V2A model's folder, or a skip saying it is not shipped yet (tests that need the built-in model)."""
-    from lumina_rt.builtin_parts import builtin_v2a_source
+def require_builtin_v2a() -> Path:
+    """The shipped V2A model's folder; a failure naming the missing folder when it is not there (it ships with the
+    package, so its absence is a broken install, not a missing optional piece)."""
+    from lumina_rt.builtin_parts import builtin_dir, builtin_v2a_source
 
     folder = builtin_v2a_source()
     if folder is None:
-        pytest.skip("needs the built-in V2A model (lumina_rt/builtin/v2a/ from the v2a-core branch), not shipped yet")
+        pytest.fail(f"the built-in V2A model is missing: no {builtin_dir() / 'v2a' / 'config.json'}")
     return folder

@@ -21,7 +21,7 @@ import torch
 
 from lumina_rt.cli import main
 from lumina_rt.video import audio_length, read_audio, read_video, sound_tracks, stream_durations, write_video
-from tests._v2a_checkpoint import builtin_v2a_or_skip, tiny_v2a_dir
+from tests._v2a_checkpoint import require_builtin_v2a, tiny_v2a_dir
 
 PROMPT = "a red circle moving right quickly"
 
@@ -106,7 +106,7 @@ def test_generate_audio_is_refused_before_any_work(engines, tmp_path):
 
 def test_generate_builtin_audio(tmp_path):
     """The issue's command with the built-in V2A model (its engines built afresh in a temporary cache)."""
-    builtin_v2a_or_skip()
+    require_builtin_v2a()
     out = tmp_path / "v.mp4"
     env = {"LUMINA_RT_CACHE": str(tmp_path / "cache")}
     res = _run("generate", "--builtin", "--prompt", PROMPT, "--audio", "--out", str(out), "--no-progress", env=env)
@@ -207,7 +207,7 @@ def test_v2a_refuses_a_video_too_large_to_read(engines, tmp_path, monkeypatch, c
 
 def test_v2a_with_the_builtin_model(tmp_path):
     """`lumina-rt v2a` with the built-in V2A model's reference torch model."""
-    builtin_v2a_or_skip()
+    require_builtin_v2a()
     src = write_video(clip(12), tmp_path / "in.mp4", fps=8)
     res = _run("v2a", str(src), "--out", str(tmp_path / "out.mp4"), "--reference", "--no-progress")
     assert res.returncode == 0, res.stderr
@@ -220,7 +220,7 @@ def test_v2a_builtin_sound_read_back_from_the_file_is_in_sync_and_in_tune(tmp_pa
     at 8 fps, or at 24 fps with each frame three times (resampled back to 8 for the model); the sound `lumina-rt
     v2a` muxed, read back from the file, scored against the clips' own frames: notes at the bounces and the pitch
     of the colour, as the model's direct output scores (6 clips; `lumina-rt eval-v2a` measures 48)."""
-    builtin_v2a_or_skip()
+    require_builtin_v2a()
     from lumina_rt.v2a import V2APipeline
     from lumina_rt.v2a_eval import heldout_clips, score_clip, summarise
 

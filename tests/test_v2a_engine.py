@@ -13,7 +13,7 @@ from lumina_rt.errors import BackendUnavailableError, EngineError
 from lumina_rt.tolerances import TOLERANCES, rel_err
 from tests._v2a_checkpoint import tiny_v2a_dir
 
-pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (the onnx extra): no V2A ONNX engine")
 
 
 @pytest.fixture(scope="module")

@@ -418,8 +418,10 @@ class V2ASampling:
 
 
 def builtin_v2a_dir() -> Path:
-    """Folder of the shipped V2A model."""
-    return Path(__file__).resolve().parent / "builtin" / "v2a"
+    """Folder of the shipped V2A model (the `v2a` folder of the built-in model, `builtin_parts.builtin_dir`)."""
+    from lumina_rt.builtin_parts import builtin_dir
+
+    return builtin_dir() / "v2a"
 
 
 class V2APipeline:

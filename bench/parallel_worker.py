@@ -26,8 +26,8 @@ def worker(rank: int, world: int, port: int, out_dir: str, combos: tuple[str, ..
     import torch.distributed as dist
     from test_latency import bench_inputs, bench_model
 
+    from lumina_rt.distributed import ParallelConfig, init_mesh, shutdown
     from lumina_rt.engines.parallel import parallel_velocity
-    from lumina_rt.parallel import ParallelConfig, init_mesh, shutdown
 
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)

@@ -51,8 +51,8 @@ def check_cases(frames: tuple[int, int]) -> tuple[tuple[int, int, int], ...]:
 
 @contextlib.contextmanager
 def tables_as_inputs(cos: torch.Tensor, sin: torch.Tensor, weights: torch.Tensor) -> Iterator[None]:
-    """While tracing: `lumina_rt.v2a`'s frame-count-dependent table functions return these tensors."""
-    import lumina_rt.v2a as v2a
+    """While tracing: `lumina_rt.v2a.model`'s frame-count-dependent table functions return these tensors."""
+    import lumina_rt.v2a.model as v2a
 
     saved = (v2a.audio_rope_tables, v2a.frame_to_token_weights)
     v2a.audio_rope_tables = lambda *args, **kwargs: (cos, sin)
@@ -78,7 +78,7 @@ class V2AVelocityGraph(torch.nn.Module):
 def graph_code_hash() -> str:
     """Hash of the source that defines the exported graph (the V2A model, the shared layers, this module)."""
     from lumina_rt import model as model_module
-    from lumina_rt import v2a
+    from lumina_rt.v2a import model as v2a
 
     h = hashlib.sha256()
     for module in (v2a, model_module, ops, sys.modules[__name__]):

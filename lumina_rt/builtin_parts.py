@@ -70,7 +70,7 @@ BUILTIN_DEFAULT_SIZE = (8, 32, 32)  # frames, height, width
 
 def builtin_v2a_source() -> Path | None:
     """The shipped sound model's folder (lumina_rt/builtin/v2a/), or None while it is not there."""
-    from lumina_rt.v2a import builtin_v2a_dir
+    from lumina_rt.v2a.model import builtin_v2a_dir
 
     folder = builtin_v2a_dir()
     return folder if (folder / "config.json").is_file() else None

@@ -3,7 +3,7 @@
 `run_parity(fixture, target)` runs every case and returns one result per output tensor with its relative
 error ||out - ref|| / ||ref|| (`lumina_rt.tolerances.rel_err`). A *parity target* computes velocities; the
 reference torch model (`ModelParityTarget`, any kernel backend) and the engine runtime both provide one.
-(Quality scoring of generated videos is another thing: `lumina_rt.evaluate`.)
+(Quality scoring of generated videos is another thing: `lumina_rt.training.evaluate`.)
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ same guided Euler steps and the same decoding either way.
 
 Components (text encoder, decoder, latent spec, sample presets) come from the directory's `components.json`
 (`lumina_rt.components`), loaded on first use. Sound is one more stage after decoding: `generate(..., audio=stage)`
-hands the decoded clips to an `AudioStage` (`lumina_rt.soundtrack.Soundtrack`: a V2A model) and the result carries
+hands the decoded clips to an `AudioStage` (`lumina_rt.v2a.soundtrack.Soundtrack`: a V2A model) and the result carries
 the waveforms, which `GenerationResult.save` muxes into the MP4.
 """
 
@@ -34,7 +34,7 @@ RequestCheck = Callable[[Sequence[int], Sequence[str], int, int, str], None]
 
 
 class AudioStage(Protocol):
-    """Sound for decoded clips (`lumina_rt.soundtrack.Soundtrack`); the pipeline knows only this much of it."""
+    """Sound for decoded clips (`lumina_rt.v2a.soundtrack.Soundtrack`); the pipeline knows only this much of it."""
 
     @property
     def sample_rate(self) -> int: ...
@@ -218,7 +218,7 @@ class Pipeline:
         if self._audio is None:
             raise ConfigError(
                 f"{str(self.components_dir)!r} has no sound model: pass an audio stage (generate(..., "
-                "audio=lumina_rt.soundtrack.Soundtrack(v2a)), or build the engines with a V2A model"
+                "audio=lumina_rt.v2a.soundtrack.Soundtrack(v2a)), or build the engines with a V2A model"
             )
         return self._audio  # type: ignore[return-value]
 

@@ -5,7 +5,7 @@
 - `lumina_rt.pipeline.Pipeline`: prompts -> noise -> sampler -> decoder -> video, for any velocity function
   (the reference model's goes through the same pipeline: `Pipeline.from_checkpoint`);
 - with a V2A engine in the directory (manifest "v2a"), the audio stage of `generate(..., audio=True)`:
-  `lumina_rt.soundtrack.Soundtrack` over `lumina_rt.engines.v2a_engine.load_v2a`.
+  `lumina_rt.v2a.soundtrack.Soundtrack` over `lumina_rt.engines.v2a_engine.load_v2a`.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lumina_rt.config import ModelConfig
+from lumina_rt.distributed import ParallelConfig
 from lumina_rt.engines import ScaleEngine
 from lumina_rt.engines.engine_set import BACKEND_ENV, EngineSet
-from lumina_rt.parallel import ParallelConfig
 from lumina_rt.pipeline import GenerationResult, Pipeline, make_noise
 from lumina_rt.sampling import SampleConfig
 
 if TYPE_CHECKING:
-    from lumina_rt.soundtrack import Soundtrack
+    from lumina_rt.v2a.soundtrack import Soundtrack
 
 __all__ = ["BACKEND_ENV", "GenerationResult", "ParallelConfig", "Runtime", "make_noise"]
 
@@ -41,14 +41,14 @@ class Runtime:
         threads: int | None = None,
         parallel: ParallelConfig | None = None,
     ):
-        """`parallel`: run under torchrun over a (cfg, sp) mesh (`lumina_rt.parallel`) with torch engines
+        """`parallel`: run under torchrun over a (cfg, sp) mesh (`lumina_rt.distributed`) with torch engines
         (backend "auto" picks torch-cuda on a GPU, else torch); every process returns the same result."""
         self.parallel = parallel
         self.mesh = None
         velocity = None
         if parallel is not None:
+            from lumina_rt.distributed import init_mesh
             from lumina_rt.engines.parallel import parallel_velocity
-            from lumina_rt.parallel import init_mesh
 
             self.mesh = init_mesh(parallel)
             if backend == "auto":
@@ -62,10 +62,10 @@ class Runtime:
         self.pipeline = Pipeline.from_engines(self.engines, velocity=velocity, audio=audio)
 
     def sound_stage(self) -> Soundtrack:
-        """The audio stage over the directory's V2A engine (`lumina_rt.soundtrack.Soundtrack`); EngineError when
+        """The audio stage over the directory's V2A engine (`lumina_rt.v2a.soundtrack.Soundtrack`); EngineError when
         the directory has none."""
         from lumina_rt.engines.v2a_engine import load_v2a
-        from lumina_rt.soundtrack import Soundtrack
+        from lumina_rt.v2a.soundtrack import Soundtrack
 
         backend, verify, threads = self._v2a_options
         return Soundtrack(load_v2a(self.engine_dir, self.manifest, backend, verify, threads))

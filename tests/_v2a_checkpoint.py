@@ -1,4 +1,4 @@
-"""A small V2A checkpoint with random weights, in the layout `lumina_rt.v2a.V2APipeline.from_dir` reads (tests only).
+"""A small V2A checkpoint with random weights, in the layout `V2APipeline.from_dir` reads (tests only).
 
 Every weight is perturbed away from its (often zero) initial value, so the velocity is far from zero and an engine
 that computed nothing would fail the comparisons.
@@ -18,9 +18,9 @@ from safetensors.torch import save_file
 
 
 def make_v2a_checkpoint(out: Path, seed: int = 0, frames: tuple[int, int] = (8, 16)) -> Path:
-    from lumina_rt.audio import AudioCodec, AudioSpec, log_mel
     from lumina_rt.builtin_parts import TinyTextEncoder
-    from lumina_rt.v2a import V2AConfig, V2AModel
+    from lumina_rt.v2a.codec import AudioCodec, AudioSpec, log_mel
+    from lumina_rt.v2a.model import V2AConfig, V2AModel
 
     out.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(seed)

@@ -8,5 +8,8 @@ import os
 
 import torch
 
+from lumina_rt.thirdparty import unshadow_kernels
+
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+unshadow_kernels()  # the checkout's kernels/ folder is on sys.path here; transformers imports the real `kernels`

@@ -1,11 +1,13 @@
-"""Audio front end and back end (lumina_rt.audio): mel filterbank, STFT framing, PCA codec, Griffin-Lim vocoder."""
+"""Audio front end and back end (lumina_rt.v2a.codec): mel filterbank, STFT framing, PCA codec, Griffin-Lim vocoder."""
 
 import math
 
 import pytest
 import torch
 
-from lumina_rt.audio import (
+from lumina_rt.data.sound import PITCHES, SoundDataset, synth_sound
+from lumina_rt.errors import ConfigError, InputError
+from lumina_rt.v2a.codec import (
     AudioCodec,
     AudioSpec,
     log_mel,
@@ -16,9 +18,7 @@ from lumina_rt.audio import (
     mel_to_waveform,
     stft,
 )
-from lumina_rt.data.sound import PITCHES, SoundDataset, synth_sound
-from lumina_rt.errors import ConfigError, InputError
-from lumina_rt.v2a_eval import dominant_frequency, pitch_class
+from lumina_rt.v2a.eval import dominant_frequency, pitch_class
 
 SPEC = AudioSpec()
 
@@ -142,7 +142,7 @@ def test_held_out_pairs_cover_every_colour_once_and_never_reach_training():
 @pytest.mark.parametrize("frames", [8, 16])
 def test_bounces_are_visible_and_heard_at_their_time(frames):
     from lumina_rt.data.sound import EVENT_MARGIN
-    from lumina_rt.v2a_eval import audio_onsets, visual_events
+    from lumina_rt.v2a.eval import audio_onsets, visual_events
 
     clips = SoundDataset(SPEC, seed=4).clips("train", 0, 24, frames)
     for c in clips:

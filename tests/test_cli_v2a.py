@@ -1,11 +1,11 @@
 """`lumina-rt generate --audio` and `lumina-rt v2a VIDEO --out OUT.mp4` as a user runs them, with the real V2A
-pipeline (`lumina_rt.v2a.V2APipeline`): files read back, typed errors naming the bad value, nothing half-written.
+pipeline (`lumina_rt.v2a.model.V2APipeline`): files read back, typed errors naming the bad value, nothing half-written.
 
 The sound model here is mostly a small random V2A checkpoint (tests/_v2a_checkpoint.py) served from an engine
 directory built with it (`lumina-rt build --v2a`). The tests that use the built-in V2A model itself (`--builtin
 --audio`, `v2a --reference`) skip, saying so, where lumina_rt/builtin/v2a/ is missing; of those, only
 `test_v2a_builtin_sound_read_back_from_the_file_is_in_sync_and_in_tune` needs its trained weights (it scores the
-sound read back from the file with lumina_rt.v2a_eval); the others check files and streams.
+sound read back from the file with lumina_rt.v2a.eval); the others check files and streams.
 """
 
 from __future__ import annotations
@@ -216,13 +216,13 @@ def test_v2a_with_the_builtin_model(tmp_path):
 
 @pytest.mark.parametrize("repeat", [1, 3], ids=["8fps", "24fps"])
 def test_v2a_builtin_sound_read_back_from_the_file_is_in_sync_and_in_tune(tmp_path, repeat):
-    """NEEDS THE TRAINED BUILT-IN V2A WEIGHTS. Held-out bouncing clips (lumina_rt.v2a_eval), written as H.264 MP4s
+    """NEEDS THE TRAINED BUILT-IN V2A WEIGHTS. Held-out bouncing clips (lumina_rt.v2a.eval), written as H.264 MP4s
     at 8 fps, or at 24 fps with each frame three times (resampled back to 8 for the model); the sound `lumina-rt
     v2a` muxed, read back from the file, scored against the clips' own frames: notes at the bounces and the pitch
     of the colour, as the model's direct output scores (6 clips; `lumina-rt eval-v2a` measures 48)."""
     require_builtin_v2a()
-    from lumina_rt.v2a import V2APipeline
-    from lumina_rt.v2a_eval import heldout_clips, score_clip, summarise
+    from lumina_rt.v2a.eval import heldout_clips, score_clip, summarise
+    from lumina_rt.v2a.model import V2APipeline
 
     pipe = V2APipeline.builtin()
     clips = heldout_clips(pipe.spec, 6, frames=8)

@@ -11,7 +11,7 @@ import torch
 from lumina_rt.data import COLOURS, DIRECTIONS, render_clip
 from lumina_rt.data.captions import HELD_OUT, SPEEDS
 from lumina_rt.data.synthetic import random_spec
-from lumina_rt.evaluate import EvalPrompt, eval_prompts, rankdata, score_videos, spearman
+from lumina_rt.training.evaluate import EvalPrompt, eval_prompts, rankdata, score_videos, spearman
 
 
 def test_spearman_and_ties():
@@ -84,7 +84,7 @@ def test_eval_subcommand_is_registered():
 def test_eval_with_cpu_kernels_and_bf16_keeps_adherence():
     """The built-in model evaluated with the C++ kernels in bf16 scores as the fp32 reference does (same seeds)."""
     from lumina_rt import ops
-    from lumina_rt.evaluate import evaluate_model
+    from lumina_rt.training.evaluate import evaluate_model
 
     if "cpu-fused" not in ops.available_backends():
         pytest.fail("the C++ extension lumina_rt._C is not built")

@@ -39,9 +39,9 @@ def _diff(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def _job_parity(fixture_path: str, config) -> dict:
+    from lumina_rt.distributed import init_mesh
     from lumina_rt.engines.parallel import parallel_velocity
     from lumina_rt.model import MultiScaleNextDiT
-    from lumina_rt.parallel import init_mesh
     from lumina_rt.parity import load_fixture, run_parity
     from lumina_rt.sampling import Conditioning, SampleConfig, guided_velocity, sample_euler
 
@@ -91,9 +91,9 @@ def _guidance() -> dict:
 
 def _job_bad_heads(fixture_path: str, config) -> dict:
     """A 3-head model under sp 2: the layout check after the process group is up."""
+    from lumina_rt.distributed import init_mesh
     from lumina_rt.engines.parallel import parallel_velocity
     from lumina_rt.model import MultiScaleNextDiT
-    from lumina_rt.parallel import init_mesh
 
     model = MultiScaleNextDiT(dim=96, n_layers=1, n_heads=3, n_kv_heads=1, in_channels=4, cap_feat_dim=16)
     mesh = init_mesh(config, device="cpu", timeout_s=60)
@@ -102,7 +102,7 @@ def _job_bad_heads(fixture_path: str, config) -> dict:
 
 
 def _job_bad_world(fixture_path: str, config) -> dict:
-    from lumina_rt.parallel import init_mesh
+    from lumina_rt.distributed import init_mesh
 
     init_mesh(config, device="cpu", n_heads=4, timeout_s=60)
     return {}
@@ -132,7 +132,7 @@ JOBS = {"parity": _job_parity, "bad-heads": _job_bad_heads, "bad-world": _job_ba
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str, job: str, sp: int, cfg_parallel: bool, arg: str):
-    from lumina_rt.parallel import ParallelConfig, shutdown
+    from lumina_rt.distributed import ParallelConfig, shutdown
 
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
@@ -198,8 +198,8 @@ def test_world_size_not_cfg_times_sp_is_a_typed_error_on_every_rank(tmp_path):
 
 
 def test_parallel_config_checks_values():
+    from lumina_rt.distributed import ParallelConfig
     from lumina_rt.errors import ParallelError
-    from lumina_rt.parallel import ParallelConfig
 
     with pytest.raises(ParallelError, match="sp"):
         ParallelConfig(sp=0)
@@ -355,8 +355,8 @@ def test_torchrun_rank_raising_mid_run_fails_every_rank_without_a_video(tmp_path
 
 
 def test_dist_timeout_from_the_environment(monkeypatch):
+    from lumina_rt.distributed import DEFAULT_TIMEOUT_S, dist_timeout_s
     from lumina_rt.errors import ParallelError
-    from lumina_rt.parallel import DEFAULT_TIMEOUT_S, dist_timeout_s
 
     monkeypatch.delenv("LUMINA_RT_DIST_TIMEOUT", raising=False)
     assert dist_timeout_s() == DEFAULT_TIMEOUT_S

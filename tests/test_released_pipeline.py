@@ -72,7 +72,7 @@ def tiny_gemma(path: Path) -> Path:
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
     from transformers import Gemma2Config, Gemma2Model, PreTrainedTokenizerFast
 
-    from lumina_rt.text import SYSTEM_PROMPT
+    from lumina_rt.components.gemma import SYSTEM_PROMPT
 
     vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3}
     for word in (SYSTEM_PROMPT + PROMPT + " a blue square moving left slowly").lower().split():
@@ -176,7 +176,7 @@ def test_generate_writes_the_released_video(released, tmp_path):
     """`lumina-rt generate` in a fresh process: an MP4 of frames // 4 latent frames decoded, at the asked fps."""
     import imageio.v3 as iio
 
-    from lumina_rt.vae import decoded_frames
+    from lumina_rt.components.cogvideox import decoded_frames
 
     _, _, _, eng = released
     out = tmp_path / "v.mp4"
@@ -224,8 +224,8 @@ def test_caption_features_equal_transformers(released):
     """The encoder's features == `hidden_states[-2]` of a direct transformers call on the system-prompted texts."""
     from transformers import AutoModel, AutoTokenizer
 
+    from lumina_rt.components.gemma import SYSTEM_PROMPT
     from lumina_rt.runtime import Runtime
-    from lumina_rt.text import SYSTEM_PROMPT
 
     _, gemma, _, eng = released
     encoder = Runtime(eng, backend="torch").pipeline.text_encoder()
@@ -249,8 +249,8 @@ def test_caption_features_equal_transformers(released):
 
 # ------------------------------------------------------------------------------------------------ typed errors
 def test_missing_transformers_is_a_typed_error(released, monkeypatch):
+    from lumina_rt.components.gemma import GemmaTextEncoder
     from lumina_rt.runtime import Runtime
-    from lumina_rt.text import GemmaTextEncoder
 
     _, gemma, _, eng = released
     monkeypatch.setitem(sys.modules, "transformers", None)  # `import transformers` now raises ImportError
@@ -261,7 +261,7 @@ def test_missing_transformers_is_a_typed_error(released, monkeypatch):
 
 
 def test_missing_diffusers_is_a_typed_error(released, monkeypatch):
-    from lumina_rt.vae import CogVideoXDecoder
+    from lumina_rt.components.cogvideox import CogVideoXDecoder
 
     _, _, vae, _ = released
     monkeypatch.setitem(sys.modules, "diffusers", None)
@@ -270,7 +270,7 @@ def test_missing_diffusers_is_a_typed_error(released, monkeypatch):
 
 
 def test_vae_scaling_factor_and_frame_rule(tmp_path):
-    from lumina_rt.vae import RELEASED_SCALING_FACTOR, decoded_frames, scaling_factor
+    from lumina_rt.components.cogvideox import RELEASED_SCALING_FACTOR, decoded_frames, scaling_factor
 
     (tmp_path / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKLCogVideoX"}))
     assert scaling_factor(tmp_path) == RELEASED_SCALING_FACTOR == 1.15258426

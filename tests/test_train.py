@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import lumina_rt.train as T
+import lumina_rt.training.video as T
 from lumina_rt import ops
 from lumina_rt.builtin_parts import TinyTextEncoder
 from lumina_rt.checkpoint import load_model

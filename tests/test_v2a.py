@@ -1,4 +1,4 @@
-"""Lumina-V2A model and pipeline (lumina_rt.v2a): shapes, masks, zero-initialised paths, typed errors, and the
+"""Lumina-V2A model and pipeline (lumina_rt.v2a.model): shapes, masks, zero-initialised paths, typed errors, and the
 shipped built-in model's sync and pitch on held-out clips."""
 
 import json
@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from lumina_rt.audio import AudioCodec, AudioSpec, log_mel
 from lumina_rt.builtin_parts import TinyTextEncoder
 from lumina_rt.data.sound import HELD_OUT_SOUNDS, SoundDataset
 from lumina_rt.errors import CheckpointError, ConfigError, InputError
-from lumina_rt.v2a import (
+from lumina_rt.v2a.codec import AudioCodec, AudioSpec, log_mel
+from lumina_rt.v2a.eval import heldout_clips, score_clip, summarise
+from lumina_rt.v2a.model import (
     V2AConfig,
     V2AModel,
     V2APipeline,
@@ -19,7 +20,6 @@ from lumina_rt.v2a import (
     builtin_v2a_dir,
     frame_to_token_weights,
 )
-from lumina_rt.v2a_eval import heldout_clips, score_clip, summarise
 
 SPEC = AudioSpec()
 

@@ -1,4 +1,4 @@
-"""V2A trainer (lumina_rt.v2a_train): a tiny run learns, resuming is exact, exports load, configs are checked."""
+"""V2A trainer (lumina_rt.v2a.train): a tiny run learns, resuming is exact, exports load, configs are checked."""
 
 import json
 
@@ -6,11 +6,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lumina_rt.audio import log_mel
 from lumina_rt.errors import ConfigError
-from lumina_rt.train import flow_matching_inputs, flow_matching_loss
-from lumina_rt.v2a import V2APipeline
-from lumina_rt.v2a_train import V2ATrainConfig, batch_shape, setup, step_generator, train_step, train_v2a
+from lumina_rt.training.video import flow_matching_inputs, flow_matching_loss
+from lumina_rt.v2a.codec import log_mel
+from lumina_rt.v2a.model import V2APipeline
+from lumina_rt.v2a.train import V2ATrainConfig, batch_shape, setup, step_generator, train_step, train_v2a
 
 
 def tiny_config(iters: int, **train) -> dict:

@@ -181,7 +181,7 @@ def test_atomic_path_keep_suffix_names_the_temporary_like_the_target(tmp_path):
 
 
 def test_soundtrack_resamples_the_clip_to_the_models_rate_and_fits_the_sound_to_the_clip():
-    from lumina_rt.soundtrack import Soundtrack
+    from lumina_rt.v2a.soundtrack import Soundtrack
     from tests._v2a_double import ToneV2A, brightness_envelope
 
     v2a = ToneV2A()
@@ -202,8 +202,8 @@ def test_soundtrack_resamples_the_clip_to_the_models_rate_and_fits_the_sound_to_
 
 @pytest.fixture(scope="module")
 def real_stage():
-    from lumina_rt.soundtrack import Soundtrack
-    from lumina_rt.v2a import V2APipeline
+    from lumina_rt.v2a.model import V2APipeline
+    from lumina_rt.v2a.soundtrack import Soundtrack
     from tests._v2a_checkpoint import tiny_v2a_dir
 
     return Soundtrack(V2APipeline.from_dir(tiny_v2a_dir()), steps=3)

@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "parity": ("compare a backend with a parity fixture made by the released code", "lumina_rt.cli.parity"),
     "inspect": (
         "print a model size's or checkpoint's config, parameter count and keys (no weights allocated)",
-        "lumina_rt.cli.describe",
+        "lumina_rt.cli.inspect",
     ),
     "build": (
         "export, check and build the per-patch-size engines of a checkpoint into an engine directory",
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_parallel_flags(p: argparse.ArgumentParser) -> None:
-    """--sp / --cfg-parallel: run over the processes `torchrun` starts (lumina_rt.parallel, docs/parallel.md)."""
+    """--sp / --cfg-parallel: run over the processes `torchrun` starts (lumina_rt.distributed, docs/parallel.md)."""
     p.add_argument("--sp", type=int, default=None, help="sequence-parallel processes (Ulysses); launch under torchrun")
     p.add_argument(
         "--cfg-parallel",
@@ -87,7 +87,7 @@ def parallel_config(args: argparse.Namespace):
     """The ParallelConfig the flags ask for, or None (single process)."""
     if args.sp is None and not args.cfg_parallel:
         return None
-    from lumina_rt.parallel import ParallelConfig
+    from lumina_rt.distributed import ParallelConfig
 
     return ParallelConfig(sp=1 if args.sp is None else args.sp, cfg_parallel=args.cfg_parallel)
 
@@ -103,6 +103,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         if "torch.distributed" in sys.modules:
-            from lumina_rt.parallel import shutdown
+            from lumina_rt.distributed import shutdown
 
             shutdown()

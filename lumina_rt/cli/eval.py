@@ -1,4 +1,4 @@
-"""`lumina-rt eval`: generate the held-out prompts with a model and score them (`lumina_rt.evaluate`)."""
+"""`lumina-rt eval`: generate the held-out prompts with a model and score them (`lumina_rt.training.evaluate`)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def add(p: argparse.ArgumentParser) -> Runner:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from lumina_rt.evaluate import evaluate_model, summary_lines
+    from lumina_rt.training.evaluate import evaluate_model, summary_lines
 
     torch.set_num_threads(args.threads)
     report = evaluate_model(

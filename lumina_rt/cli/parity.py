@@ -68,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
     if args.tolerance is None:
         args.tolerance = TOLERANCES["fp32" if precision == "fp32" else "bf16"]
         if parallel is not None:
+            from lumina_rt.distributed import init_mesh
             from lumina_rt.engines.parallel import parallel_velocity
-            from lumina_rt.parallel import init_mesh
 
             mesh = init_mesh(parallel, device="cpu", n_heads=fixture.config.n_heads)
             target = parallel_velocity(model, mesh)

@@ -1,4 +1,4 @@
-"""`lumina-rt train CONFIG`: train (or resume) a model with the reference trainer (`lumina_rt.train`)."""
+"""`lumina-rt train CONFIG`: train (or resume) a model with the reference trainer (`lumina_rt.training.video`)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def add_run_flags(p: argparse.ArgumentParser, config_help: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lumina_rt.train import train
+    from lumina_rt.training.video import train
 
     t0 = time.time()
     res = train(

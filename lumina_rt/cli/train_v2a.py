@@ -1,4 +1,4 @@
-"""`lumina-rt train-v2a CONFIG`: train (or resume) a Lumina-V2A model (`lumina_rt.v2a_train`)."""
+"""`lumina-rt train-v2a CONFIG`: train (or resume) a Lumina-V2A model (`lumina_rt.v2a.train`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def add(p: argparse.ArgumentParser) -> Runner:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lumina_rt.v2a_train import train_v2a
+    from lumina_rt.v2a.train import train_v2a
 
     res = train_v2a(
         args.config, args.out, not args.no_resume, args.stop_after, args.export, not args.no_progress, args.threads

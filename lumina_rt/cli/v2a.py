@@ -66,7 +66,7 @@ def check_paths(video: str | os.PathLike, out: str | os.PathLike) -> tuple[Path,
 
 def run(args: argparse.Namespace) -> int:
     from lumina_rt.errors import InputError, MediaError
-    from lumina_rt.soundtrack import load_soundtrack
+    from lumina_rt.v2a.soundtrack import load_soundtrack
     from lumina_rt.video import mux_audio, read_video, write_video
 
     if args.reference and args.engine_dir is not None:

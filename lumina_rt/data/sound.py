@@ -27,10 +27,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lumina_rt.audio import AudioSpec
 from lumina_rt.data import captions as C
 from lumina_rt.data.synthetic import REFERENCE_SIZE, SOURCES, random_spec, render_clip
 from lumina_rt.errors import ConfigError
+from lumina_rt.v2a.codec import AudioSpec
 
 # colour -> note fundamental (Hz): a fourth apart (E4 A4 D5 G5 C6 F6), so no pitch is another's octave
 PITCHES: dict[str, float] = {

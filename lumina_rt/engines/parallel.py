@@ -1,6 +1,6 @@
 """Velocity functions over several processes: Ulysses sequence parallel and CFG parallel (torch engines only).
 
-`SequenceParallelVelocity` (the `sp` axis of the mesh, `lumina_rt.parallel`): every process patchifies the same x,
+`SequenceParallelVelocity` (the `sp` axis of the mesh, `lumina_rt.distributed`): every process patchifies the same x,
 pads the token sequence to a multiple of sp and keeps its own contiguous slice of the tokens and of the RoPE tables.
 Embedders, norms, adaLN, MLPs and the caption cross-attention run on that slice (caption tokens are replicated);
 the self-attention of every layer exchanges the slice for a split over heads (one `all_to_all_single` of q, k, v
@@ -25,11 +25,11 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh
 
 from lumina_rt import ops
+from lumina_rt.distributed import ParallelConfig
 from lumina_rt.engines.engine_set import EngineSet, forward_items
 from lumina_rt.engines.torch_engine import TorchScaleEngine
 from lumina_rt.errors import ParallelError
 from lumina_rt.model import MultiScaleNextDiT, latent_rope_tables, local_attention
-from lumina_rt.parallel import ParallelConfig
 
 logger = logging.getLogger(__name__)
 

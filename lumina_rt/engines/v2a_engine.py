@@ -29,7 +29,7 @@ from lumina_rt.engines.manifest import verify_file
 from lumina_rt.errors import BackendUnavailableError, EngineError
 
 if TYPE_CHECKING:
-    from lumina_rt.v2a import V2AConfig, V2AModel, V2APipeline
+    from lumina_rt.v2a.model import V2AConfig, V2AModel, V2APipeline
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ V2A_BACKENDS = ("onnxruntime-cuda", "torch-cuda", "onnxruntime", "torch")
 def v2a_tables(config: V2AConfig, frames: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(cos, sin [tokens, head_dim / 2], weights [time tokens, frames]) of a clip of `frames` video frames: the
     frame-count-dependent inputs of the V2A graph, as `V2AModel.velocity` computes them."""
-    from lumina_rt.v2a import audio_rope_tables, frame_to_token_weights
+    from lumina_rt.v2a.model import audio_rope_tables, frame_to_token_weights
 
     pt, pb = config.patch
     time_tokens = frames * config.latent_frames_per_video_frame // pt
@@ -83,7 +83,7 @@ class V2AEngine:
             args = [x.to(self.device) for x in (z, t, frames, cap_feats, cap_mask, video_keep)]
             with torch.no_grad():
                 return self.reference.velocity(*args).to(z.device, torch.float32)  # type: ignore[union-attr]
-        from lumina_rt.v2a import check_velocity_inputs
+        from lumina_rt.v2a.model import check_velocity_inputs
 
         check_velocity_inputs(self.config, z, t, frames, cap_feats, cap_mask, video_keep)
         cos, sin, weights = v2a_tables(self.config, int(frames.shape[2]))
@@ -157,7 +157,7 @@ def load_v2a(
 ) -> V2APipeline:
     """The V2A pipeline of an engine directory (its codec, text encoder and sampling from the copied checkpoint)
     with its velocity on an engine backend; EngineError when the manifest has no V2A engine or its files are off."""
-    from lumina_rt.v2a import V2APipeline
+    from lumina_rt.v2a.model import V2APipeline
 
     root = Path(engine_dir)
     entry = manifest.get("v2a")

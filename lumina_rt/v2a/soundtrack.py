@@ -1,6 +1,6 @@
 """The audio stage: sound for decoded clips at any frame rate, by a V2A model (after decode, before the file).
 
-`Soundtrack(v2a)` wraps anything with the `V2APipeline` interface of `lumina_rt.v2a` (`spec.fps`,
+`Soundtrack(v2a)` wraps anything with the `V2APipeline` interface of `lumina_rt.v2a.model` (`spec.fps`,
 `spec.sample_rate`, `min_frames`, `max_frames`, `frame_size`, `generate_audio(frames, prompt, seed=, steps=,
 progress=)`) and does what a clip needs before and after it:
 
@@ -41,8 +41,8 @@ class Soundtrack:
 
     @classmethod
     def builtin(cls, steps: int | None = None) -> Soundtrack:
-        """The shipped V2A model (`lumina_rt.v2a.V2APipeline.builtin()`), reference torch model."""
-        from lumina_rt.v2a import V2APipeline
+        """The shipped V2A model (`lumina_rt.v2a.model.V2APipeline.builtin()`), reference torch model."""
+        from lumina_rt.v2a.model import V2APipeline
 
         return cls(V2APipeline.builtin(), steps=steps)
 

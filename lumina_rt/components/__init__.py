@@ -14,10 +14,10 @@ Gemma-2-2B and CogVideoX VAE folders, several GB: `lumina-rt build --text-encode
 and their files' SHA-256 go into the build's components cache key). A kind is registered with
 `register_text_encoder(kind)` / `register_decoder(kind)`; its loader receives (directory, spec dict).
 
-Kinds: text encoder `gemma-2-2b` (`lumina_rt.text`, extra `text`: transformers), decoder `cogvideox-vae`
-(`lumina_rt.vae`, extra `vae`: diffusers), decoder `pixels`, and the built-in model's. Options of the two released
-kinds: `dtype` ("auto": bf16 on CUDA, fp32 on the CPU; or fp32 / bf16 / fp16), `device` ("auto": CUDA when there
-is one); `cogvideox-vae` also `tiling`, `slicing` (booleans, default false).
+Kinds: text encoder `gemma-2-2b` (`lumina_rt.components.gemma`, extra `text`: transformers), decoder `cogvideox-vae`
+(`lumina_rt.components.cogvideox`, extra `vae`: diffusers), decoder `pixels`, and the built-in model's.
+Options of the two released kinds: `dtype` ("auto": bf16 on CUDA, fp32 on the CPU; or fp32 / bf16 / fp16),
+`device` ("auto": CUDA when there is one); `cogvideox-vae` also `tiling`, `slicing` (booleans, default false).
 
 Frame-count rule (released CogVideoX latents): latent_frames = frames // temporal_factor.
 """
@@ -123,7 +123,7 @@ def placement(spec: dict[str, Any], error: type[Exception] = CheckpointError) ->
 
 @register_text_encoder("gemma-2-2b")
 def _gemma(directory: Path, spec: dict[str, Any]) -> TextEncoder:
-    from lumina_rt.text import GemmaTextEncoder
+    from lumina_rt.components.gemma import GemmaTextEncoder
 
     path = spec.get("path")
     if path is None:
@@ -134,7 +134,7 @@ def _gemma(directory: Path, spec: dict[str, Any]) -> TextEncoder:
 
 @register_decoder("cogvideox-vae")
 def _cogvideox(directory: Path, spec: dict[str, Any]) -> Decoder:
-    from lumina_rt.vae import CogVideoXDecoder
+    from lumina_rt.components.cogvideox import CogVideoXDecoder
 
     path = spec.get("path")
     if path is None:
@@ -169,7 +169,7 @@ def released_components(
             raise TextEncoderError(f"--text-encoder {str(text_encoder)!r} is not a directory")
         out["text_encoder"] = {"kind": "gemma-2-2b", "path": str(path), "dtype": text_encoder_dtype}
     if vae is not None:
-        from lumina_rt.vae import scaling_factor
+        from lumina_rt.components.cogvideox import scaling_factor
 
         path = Path(vae).resolve()
         if not path.is_dir():

@@ -1,6 +1,7 @@
 """V2A trainer: rectified flow matching on audio latents, with the video trainer's machinery (`lumina-rt train-v2a`).
 
-Imported from `lumina_rt.train`, not copied: `TrainSettings` (the `train` section: seed, batch size, lr schedule,
+Imported from `lumina_rt.training.video`, not copied:
+`TrainSettings` (the `train` section: seed, batch size, lr schedule,
 AdamW, clipping, EMA, caption dropout, time sampling, logging and checkpoint cadence), `flow_matching_inputs`
 (x_t = t x1 + (1 - t) x0, target x1 - x0, logit-normal times through the time shift), `flow_matching_loss`,
 `drop_conditions` (caption dropout for CFG), `learning_rate`, and the atomic, resumable checkpoints
@@ -29,12 +30,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from lumina_rt.audio import AudioCodec, AudioSpec, log_mel
 from lumina_rt.checkpoint import NATIVE_WEIGHTS
 from lumina_rt.data.sound import SoundDataset
 from lumina_rt.errors import ConfigError
 from lumina_rt.files import atomic_write
-from lumina_rt.train import (
+from lumina_rt.training.video import (
     TrainSettings,
     drop_conditions,
     flow_matching_inputs,
@@ -44,7 +44,8 @@ from lumina_rt.train import (
     prune_checkpoints,
     save_checkpoint,
 )
-from lumina_rt.v2a import V2A_CONFIG, V2A_WEIGHTS, V2AConfig, V2AModel, V2ASampling
+from lumina_rt.v2a.codec import AudioCodec, AudioSpec, log_mel
+from lumina_rt.v2a.model import V2A_CONFIG, V2A_WEIGHTS, V2AConfig, V2AModel, V2ASampling
 
 logger = logging.getLogger(__name__)
 

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from lumina_rt.audio import AudioSpec, mel_spectrogram
 from lumina_rt.data.motion import analyse_frames
 from lumina_rt.data.sound import PITCHES, SoundClip, SoundDataset
+from lumina_rt.v2a.codec import AudioSpec, mel_spectrogram
 
 logger = logging.getLogger(__name__)
 

@@ -2,8 +2,8 @@
 
 What arXiv 2502.06782 (Appendix D) specifies, and where it is here:
 
-- audio latents: waveform -> STFT -> mel -> latent (`lumina_rt.audio.AudioCodec`, PCA of log-mel blocks); generation
-  decodes latent -> mel -> waveform with a vocoder (Griffin-Lim, `lumina_rt.audio.mel_to_waveform`);
+- audio latents: waveform -> STFT -> mel -> latent (`lumina_rt.v2a.codec.AudioCodec`, PCA of log-mel blocks); generation
+  decodes latent -> mel -> waveform with a vocoder (Griffin-Lim, `lumina_rt.v2a.codec.mel_to_waveform`);
 - "video-text-audio" blocks with co-attention (`V2ABlock`): the visual tokens (one per video frame) and the caption
   tokens are concatenated into one context that the audio tokens attend to, through the Next-DiT attention's
   zero-initialised tanh-gated cross-attention (`lumina_rt.model.Attention`), next to self-attention over the audio
@@ -45,10 +45,10 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from lumina_rt import ops
-from lumina_rt.audio import AudioCodec, AudioSpec
 from lumina_rt.errors import CheckpointError, ConfigError, InputError
 from lumina_rt.model import Attention, FeedForward, RMSNorm, TimestepEmbedder, rope_tables
 from lumina_rt.sampling import time_grid
+from lumina_rt.v2a.codec import AudioCodec, AudioSpec
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ frames // 4 latent frames, so 96 frames (24 latent) decode to 96 frames; 8 frame
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 
 from lumina_rt.errors import DecoderError
+from lumina_rt.thirdparty import import_optional
 
 RELEASED_SCALING_FACTOR = 1.15258426
 
@@ -27,7 +27,7 @@ RELEASED_SCALING_FACTOR = 1.15258426
 def import_diffusers():
     """The `diffusers` module, or DecoderError naming the package and the extra that installs it."""
     try:
-        return importlib.import_module("diffusers")
+        return import_optional("diffusers")
     except ImportError:
         raise DecoderError(
             "the CogVideoX VAE decoder needs the 'diffusers' package, which is not installed: "

@@ -8,13 +8,13 @@ for Gemma-2-2B) and the caption mask is the tokenizer's attention mask. The rele
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 
 import torch
 
 from lumina_rt.errors import TextEncoderError
+from lumina_rt.thirdparty import import_optional
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ PAD_MULTIPLE = 8
 def import_transformers():
     """The `transformers` module, or TextEncoderError naming the package and the extra that installs it."""
     try:
-        return importlib.import_module("transformers")
+        return import_optional("transformers")
     except ImportError:
         raise TextEncoderError(
             "the Gemma-2-2B text encoder needs the 'transformers' package, which is not installed: "

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 
-from lumina_rt import _C, ops
+from lumina_rt import _C
 from lumina_rt.errors import ConfigError, InputError
 
 from ._common import (
@@ -31,6 +31,7 @@ from ._common import (
     new_output,
     result_dtype,
 )
+from .attention import gated_attention_sdpa
 
 _CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
@@ -224,14 +225,15 @@ def gated_attention(
     """Self-attention + tanh-gated cross-attention (csrc/attention.cpp) -> new [B, N, Hq*Dh] of q's dtype.
 
     Shapes as `lumina_rt.ops.gated_attention`. The kernel runs float32 with AVX-512 and bfloat16 with AVX512-BF16
-    (`_C.attention_supported`); other dtypes and CPUs (and the ISA set to avx2 / portable) use the PyTorch reference.
+    (`_C.attention_supported`); other dtypes and CPUs (and the ISA set to avx2 / portable) use PyTorch's SDPA
+    (`kernels.attention.gated_attention_sdpa`).
     """
     check_gated_attention(q, k, v, x_mask, yk, yv, y_mask, gate)
     _on_cpu("q", q)
     b, n, hq, dh = q.shape
     same_dtype = all(t.dtype == q.dtype for t in (k, v, yk, yv))
     if not same_dtype or not _C.attention_supported(_code(q)) or n == 0 or yk.shape[1] == 0:
-        return ops.TORCH_IMPLS["gated_attention"](q, k, v, x_mask, yk, yv, y_mask, gate)
+        return gated_attention_sdpa(q, k, v, x_mask, yk, yv, y_mask, gate)
     q, k, v, yk, yv = (_rows(t) for t in (q, k, v, yk, yv))
     xm, xm_view = _key_mask(x_mask)
     ym, ym_view = _key_mask(y_mask)

@@ -22,10 +22,12 @@ import torch
 import torch.nn.functional as F
 
 from lumina_rt.errors import BackendUnavailableError
+from lumina_rt.kernels.attention import gated_attention_sdpa
+from lumina_rt.kernels.attention import repeat_kv as repeat_kv
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "triton", "cpu-fused", "auto")
+KERNEL_BACKENDS = ("torch", "triton", "cpu-fused", "auto")
 _backend = "torch"
 
 
@@ -134,12 +136,6 @@ def attention_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torc
     return scores.softmax(-1) @ v
 
 
-def repeat_kv(t: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """[B, L, Hk, Dh] -> [B, Hq, L, Dh], key / value heads repeated for GQA (query head h reads head h // rep)."""
-    t = t.transpose(1, 2)
-    return t if t.shape[1] == n_heads else t.repeat_interleave(n_heads // t.shape[1], dim=1)
-
-
 def _gated_attention_torch(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -150,12 +146,7 @@ def _gated_attention_torch(
     y_mask: torch.Tensor,
     gate: torch.Tensor,
 ) -> torch.Tensor:
-    b, n, hq, dh = q.shape
-    qh = q.transpose(1, 2)
-    out = sdpa(qh, repeat_kv(k, hq), repeat_kv(v, hq), None if x_mask is None else x_mask[:, None, None, :])
-    out_y = sdpa(qh, repeat_kv(yk, hq), repeat_kv(yv, hq), y_mask[:, None, None, :])
-    out = out + out_y * gate.tanh().to(out_y.dtype).view(1, -1, 1, 1)
-    return out.transpose(1, 2).reshape(b, n, hq * dh)
+    return gated_attention_sdpa(q, k, v, x_mask, yk, yv, y_mask, gate, sdpa=sdpa)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -191,7 +182,7 @@ def fused_impls(name: str) -> dict[str, Callable]:
                 f"backend 'cpu-fused' needs the C++ extension lumina_rt._C (built by `pip install .`): {exc}"
             ) from exc
         return cpu.CPU_IMPLS
-    raise BackendUnavailableError(f"unknown kernel backend {name!r}; choose one of {BACKENDS}")
+    raise BackendUnavailableError(f"unknown kernel backend {name!r}; choose one of {KERNEL_BACKENDS}")
 
 
 def available_backends() -> list[str]:
@@ -209,8 +200,8 @@ def available_backends() -> list[str]:
 def set_backend(name: str) -> None:
     """Select the kernel backend for all subsequent model calls (see module docstring)."""
     global _backend
-    if name not in BACKENDS:
-        raise BackendUnavailableError(f"unknown kernel backend {name!r}; choose one of {BACKENDS}")
+    if name not in KERNEL_BACKENDS:
+        raise BackendUnavailableError(f"unknown kernel backend {name!r}; choose one of {KERNEL_BACKENDS}")
     if name in ("triton", "cpu-fused"):
         fused_impls(name)  # fail now, not in the middle of a forward
     _backend = name

@@ -65,8 +65,6 @@ ALLOWED: list[set[str]] = [
         "lumina_rt.cli.train_v2a",
         "lumina_rt.cli.v2a",
     },
-    # ops <-> kernels.cpu (the C++ attention's fallback to ops' torch form).
-    {"lumina_rt.ops", "lumina_rt.kernels.cpu"},
 ]
 
 

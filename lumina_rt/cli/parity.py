@@ -8,12 +8,15 @@ from lumina_rt.cli import Runner, add_parallel_flags, parallel_config
 
 
 def add(p: argparse.ArgumentParser) -> Runner:
-    from lumina_rt.ops import BACKENDS
+    from lumina_rt.ops import KERNEL_BACKENDS
     from lumina_rt.tolerances import TOLERANCES
 
     p.add_argument("fixture", help="fixture .safetensors (format: shared/fixtures/README.md)")
     p.add_argument(
-        "--backend", default="torch", choices=[b for b in BACKENDS if b != "auto"], help="kernel backend of the model"
+        "--backend",
+        default="torch",
+        choices=[b for b in KERNEL_BACKENDS if b != "auto"],
+        help="kernel backend of the model",
     )
     p.add_argument("--engine-dir", default=None, help="check built engines in this directory instead of the model")
     p.add_argument(

@@ -50,3 +50,8 @@ class ParallelError(LuminaError, ValueError):
 class MediaError(LuminaError, RuntimeError):
     """A video or sound could not be made: ffmpeg failed to encode, mux or decode a file, or the sound model gave
     invalid samples."""
+
+
+class Cancelled(LuminaError, RuntimeError):
+    """Sampling was stopped by its caller: the per-step callback of `generate` returned True (lumina_rt.serve's
+    cancellation)."""

@@ -1,7 +1,7 @@
 """Multi-process layout: a 2-D device mesh (cfg x sp) over torch.distributed, launched with `torchrun`.
 
 - `sp` (sequence parallel, Ulysses): the video tokens of one velocity evaluation are split along the sequence over
-  `sp` processes; attention exchanges them for a split over heads (`lumina_rt.engines.parallel`).
+  `sp` processes; attention exchanges them for a split over heads (engines/parallel.py).
 - `cfg` (1 or 2): with `cfg_parallel`, the positive and negative branches of a guided step run on different
   halves of the processes and are combined after an exchange.
 

@@ -6,8 +6,9 @@ offers the same two functions, looked up through `BACKENDS` (no if/elif anywhere
 - `unavailable_reason(engines, backend) -> str | None`: why this backend cannot run here (None: it can);
 - `load(engines, backend, combos) -> {combo: ScaleEngine}`: its engines for these patch combos.
 
-`engines` is the `EngineSet` asking (`lumina_rt.engines.engine_set`): it gives the manifest, the verified files,
-the shared weight store and a place for state the scales of one backend share. Backends:
+`engines` is the `EngineSet` asking (engine_set.py), seen through `EngineFiles` (base.py): the manifest, the
+verified files, the shared weight store and a place for state the scales of one backend share. The types the
+backend modules share live in base.py, so that they never import this table. Backends:
 
 - `tensorrt`: TensorRT 10 plans (GPU);
 - `onnxruntime-cuda` / `onnxruntime`: ONNX Runtime sessions on the GPU / CPU;
@@ -16,49 +17,15 @@ the shared weight store and a place for state the scales of one backend share. B
 - `torch-cpu-fused`: the reference model on the CPU with the C++ fused kernels (csrc/);
 - `torch`: the reference model on the CPU with PyTorch's own ops.
 
-Other names: a *kernel backend* (`lumina_rt.ops`: torch / triton / cpu-fused) is what a torch engine runs its fused
+Other names: a *kernel backend* (ops.py: torch / triton / cpu-fused) is what a torch engine runs its fused
 ops with; a *build target* (`lumina-rt build --target`) is which files a build writes (torch / onnx / tensorrt).
 """
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass
-from types import ModuleType
-from typing import Protocol
+from lumina_rt.engines.base import Backend, EngineFiles, ScaleEngine
 
-import torch
-
-
-class ScaleEngine(Protocol):
-    """One patch size's velocity: inputs as the exported graph's (see `lumina_rt.export.onnx_export`)."""
-
-    combo: str
-
-    def run(
-        self,
-        tokens: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        t: torch.Tensor,
-        cap_feats: torch.Tensor,
-        cap_mask: torch.Tensor,
-        motion: torch.Tensor,
-        profile_index: int = 0,
-    ) -> torch.Tensor: ...
-
-
-@dataclass(frozen=True)
-class Backend:
-    """An engine backend: its module, device, and (torch engines) the kernel backend its fused ops use."""
-
-    name: str
-    module: str
-    device: str
-    kernels: str | None = None
-
-    def impl(self) -> ModuleType:
-        return importlib.import_module(self.module)
+__all__ = ["BACKENDS", "UNMEASURED_ORDER", "Backend", "EngineFiles", "ScaleEngine"]
 
 
 BACKENDS: dict[str, Backend] = {

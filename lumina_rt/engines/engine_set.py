@@ -3,7 +3,7 @@
 It reads only the engine directory (`manifest.json` and the files it names, never the checkpoint), chooses an
 engine backend per scale and serves `velocity(x, t, cap_feats, cap_mask, motion, combo)`: patchify, RoPE tables,
 profile selection, then the engine of the patch size the schedule names. It knows nothing of prompts, noise or
-schedules (that is `lumina_rt.pipeline`).
+schedules (that is the pipeline, lumina_rt/pipeline.py).
 
 Backend choice: `backend="auto"` (or `LUMINA_RT_ENGINE_BACKEND`) takes, per scale, the fastest backend that can run
 here according to the ranking `lumina-rt build` measured and recorded in the manifest; without a ranking, the first

@@ -9,14 +9,14 @@ nothing. Top-level fields:
 - `target` (the build target: "torch", "onnx" or "tensorrt"), `precision`, `runtime` {name, version},
   `gpu` {name, arch} or null;
 - `export`: key, opset (null for target torch), exporter and library versions;
-- `weights`: the shared weight store (`lumina_rt.engines.weights`): file entry, `tensors`, `params`;
+- `weights`: the shared weight store (engines/weights.py): file entry, `tensors`, `params`;
 - `shapes`: the served shapes the profiles were computed from;
 - `scales`: per patch combo ("1x2"): `patch`, `token_features`, `onnx` file entry (or null), `ops`, `check` (the
   ONNX Runtime comparison with the reference model, or null), `profile` (batch / token / caption ranges), `engine`
   (TensorRT plan entry or null);
 - `timing_cache`, `components`, `default_sample_preset`, `sample_presets`;
-- `ranking`: the engine backends measured per scale, fastest first (`lumina_rt.engines.measure`), or null;
-- `v2a`: the sound model's engine (`lumina_rt.engines.v2a_engine`), or null / absent.
+- `ranking`: the engine backends measured per scale, fastest first (engines/measure.py), or null;
+- `v2a`: the sound model's engine (engines/v2a_engine.py), or null / absent.
 
 A file entry is {path (relative), bytes, sha256}.
 """

@@ -14,17 +14,13 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from lumina_rt.engines import Backend
+from lumina_rt.engines.base import Backend, EngineFiles
 from lumina_rt.engines.weights import WeightStore
 from lumina_rt.errors import BackendUnavailableError, EngineError
-
-if TYPE_CHECKING:
-    from lumina_rt.engines.engine_set import EngineSet
 
 logger = logging.getLogger(__name__)
 
@@ -171,8 +167,8 @@ class OrtScaleEngine:
         return torch.from_numpy(out).to(tokens.device)
 
 
-def unavailable_reason(engines: EngineSet, backend: Backend) -> str | None:
-    """None when ONNX Runtime can run these engines on the backend's device (see `lumina_rt.engines`).
+def unavailable_reason(engines: EngineFiles, backend: Backend) -> str | None:
+    """None when ONNX Runtime can run these engines on the backend's device (the backend table: engines/__init__.py).
 
     The graphs are float32 whatever the build's precision (which applies to TensorRT plans and torch engines).
     """
@@ -183,7 +179,7 @@ def unavailable_reason(engines: EngineSet, backend: Backend) -> str | None:
     return cuda_unavailable_reason() if backend.device == "cuda" else None
 
 
-def load(engines: EngineSet, backend: Backend, combos: list[str]) -> dict[str, OrtScaleEngine]:
+def load(engines: EngineFiles, backend: Backend, combos: list[str]) -> dict[str, OrtScaleEngine]:
     """Sessions for these combos, all sharing one set of OrtValues over the engine set's weight store."""
     reason = unavailable_reason(engines, backend)
     if reason:

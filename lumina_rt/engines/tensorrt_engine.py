@@ -1,6 +1,6 @@
 """TensorRT 10 engines: one weight-stripped plan per patch size, refitted from the shared weights at load.
 
-Plans are built (`lumina_rt.export.tensorrt_build`) with `STRIP_PLAN` + `REFIT_IDENTICAL`, so the files hold no
+Plans are built (export/tensorrt_build.py) with `STRIP_PLAN` + `REFIT_IDENTICAL`, so the files hold no
 weights; at load each engine is refitted from its ONNX graph, whose initializers live in the one shared
 `weights.bin` (`OnnxParserRefitter.refit_from_file`). All engines' execution contexts use one user-managed
 device scratch buffer (`ExecutionContextAllocationStrategy.USER_MANAGED`), sized for the largest engine: only one
@@ -18,13 +18,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from lumina_rt.engines import Backend
+from lumina_rt.engines.base import Backend, EngineFiles
 from lumina_rt.errors import BackendUnavailableError, EngineError
 
 if TYPE_CHECKING:
     import tensorrt as trt
 
-    from lumina_rt.engines.engine_set import EngineSet
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +66,7 @@ def gpu_info() -> dict[str, str] | None:
     return {"name": torch.cuda.get_device_name(), "arch": f"sm_{major}{minor}"}
 
 
-def unavailable_reason(engines: EngineSet | None = None, backend: Backend | None = None) -> str | None:
+def unavailable_reason(engines: EngineFiles | None = None, backend: Backend | None = None) -> str | None:
     """None when TensorRT engines can be built and run here, else why not; with `engines`, also their plans."""
     if engines is not None:
         return backend_unavailable_reason(engines)
@@ -192,7 +191,7 @@ class TrtScaleEngine:
         return out.to(tokens.device)
 
 
-def backend_unavailable_reason(engines: EngineSet) -> str | None:
+def backend_unavailable_reason(engines: EngineFiles) -> str | None:
     """None when these engines' TensorRT plans can run here."""
     if any(not s.get("engine") for s in engines.manifest["scales"].values()):
         return f"the engines were built for target {engines.manifest['target']} (no TensorRT plans in the manifest)"
@@ -209,7 +208,7 @@ def backend_unavailable_reason(engines: EngineSet) -> str | None:
     return None
 
 
-def load(engines: EngineSet, backend: Backend, combos: list[str]) -> dict[str, TrtScaleEngine]:
+def load(engines: EngineFiles, backend: Backend, combos: list[str]) -> dict[str, TrtScaleEngine]:
     """Engines for these combos, refitted from the shared weights, sharing one scratch buffer."""
     reason = backend_unavailable_reason(engines)
     if reason:

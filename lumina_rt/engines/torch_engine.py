@@ -1,7 +1,7 @@
 """Torch engines: the reference model rebuilt from the engine directory's weight file (no checkpoint needed).
 
 One model serves every patch size (the scales share its backbone by construction); on the CPU in fp32 its
-parameters view the weight store's buffer (no copy). Engine backends (`lumina_rt.engines.BACKENDS`): `torch` (the
+parameters view the weight store's buffer (no copy). Engine backends (`BACKENDS`, engines/__init__.py): `torch` (the
 reference math), `torch-cpu-fused` (the C++ fused ops of csrc/), `torch-triton` (CUDA, Triton fused ops),
 `torch-cuda` (CUDA, PyTorch's own ops).
 
@@ -18,21 +18,17 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lumina_rt import ops
 from lumina_rt.config import ModelConfig
-from lumina_rt.engines import Backend
+from lumina_rt.engines.base import Backend, EngineFiles
 from lumina_rt.engines.weights import WeightStore
 from lumina_rt.errors import BackendUnavailableError, EngineError
 from lumina_rt.model import MultiScaleNextDiT
 from lumina_rt.tolerances import DTYPES
-
-if TYPE_CHECKING:
-    from lumina_rt.engines.engine_set import EngineSet
 
 logger = logging.getLogger(__name__)
 
@@ -65,11 +61,6 @@ def placement(precision: str, device: str | torch.device) -> Placement:
     return Placement(device, torch.bfloat16 if precision == "bf16" else torch.float32, None)
 
 
-def engine_dtype(precision: str, device: str | torch.device = "cpu") -> torch.dtype:
-    """What torch engines compute in on `device` (see `placement`)."""
-    return placement(precision, device).dtype
-
-
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (x86 AVX512-BF16 / AMX-BF16, Arm BF16): bf16 engines pay off."""
     try:
@@ -79,8 +70,8 @@ def cpu_has_native_bf16() -> bool:
     return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16", "bf16"))
 
 
-def unavailable_reason(engines: EngineSet, backend: Backend) -> str | None:
-    """None when this torch engine backend can run here (see `lumina_rt.engines`)."""
+def unavailable_reason(engines: EngineFiles, backend: Backend) -> str | None:
+    """None when this torch engine backend can run here (the backend table: engines/__init__.py)."""
     if backend.device == "cuda" and not torch.cuda.is_available():
         return "no CUDA GPU"
     if backend.device == "cpu" and engines.precision == "bf16" and not cpu_has_native_bf16():
@@ -113,7 +104,7 @@ def build_model(
 
 
 class TorchScaleEngine:
-    """One patch size of a torch model shared by every scale; fused ops run with `kernels` (lumina_rt.ops)."""
+    """One patch size of a torch model shared by every scale; fused ops run with the kernel backend `kernels`."""
 
     def __init__(
         self, combo: str, model: MultiScaleNextDiT, kernels: str = "torch", sdpa: tuple[SDPBackend, ...] | None = None
@@ -146,7 +137,7 @@ class TorchScaleEngine:
         return out.to(tokens.device, torch.float32)
 
 
-def load(engines: EngineSet, backend: Backend, combos: list[str]) -> dict[str, TorchScaleEngine]:
+def load(engines: EngineFiles, backend: Backend, combos: list[str]) -> dict[str, TorchScaleEngine]:
     """Engines for these combos over one model per device and precision, viewing the shared weight store."""
     reason = unavailable_reason(engines, backend)
     if reason:

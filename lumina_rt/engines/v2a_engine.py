@@ -2,8 +2,8 @@
 
 The V2A model has one scale. `lumina-rt build ... --v2a DIR` (and the built-in model's build) copies the V2A
 checkpoint into `v2a/` of the engine directory and, for ONNX targets, exports one graph `v2a/velocity.onnx` with
-dynamic batch, frame count and caption length (`lumina_rt.export.v2a_export`), checked against the reference model
-in ONNX Runtime. Backends come from the video engines' table (`lumina_rt.engines.BACKENDS`), those that can serve a
+dynamic batch, frame count and caption length (export/v2a_export.py), checked against the reference model
+in ONNX Runtime. Backends come from the video engines' table (`BACKENDS`), those that can serve a
 V2A model: onnxruntime(-cuda) runs the graph, torch(-cuda) the reference model loaded from the copied checkpoint.
 
 The tables that depend on the clip's frame count (2D RoPE over the audio tokens, the frame-to-token interpolation
@@ -29,7 +29,8 @@ from lumina_rt.engines.manifest import verify_file
 from lumina_rt.errors import BackendUnavailableError, EngineError
 
 if TYPE_CHECKING:
-    from lumina_rt.v2a.model import V2AConfig, V2AModel, V2APipeline
+    from lumina_rt.v2a.model import V2AConfig, V2AModel
+    from lumina_rt.v2a.pipeline import V2APipeline
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +158,7 @@ def load_v2a(
 ) -> V2APipeline:
     """The V2A pipeline of an engine directory (its codec, text encoder and sampling from the copied checkpoint)
     with its velocity on an engine backend; EngineError when the manifest has no V2A engine or its files are off."""
-    from lumina_rt.v2a.model import V2APipeline
+    from lumina_rt.v2a.pipeline import V2APipeline
 
     root = Path(engine_dir)
     entry = manifest.get("v2a")

@@ -459,7 +459,7 @@ def v2a_stage(b: _Build, source: Path, with_onnx: bool) -> Stage:
     outputs = [*(old.get("files") or [None]), *([old.get("onnx")] if with_onnx else [])]
 
     def run() -> dict[str, Any]:
-        from lumina_rt.v2a.model import V2APipeline
+        from lumina_rt.v2a.pipeline import V2APipeline
 
         onnx_info: dict[str, Any] = {}
         check = None
@@ -510,7 +510,7 @@ def build(
 
     `text_encoder` / `vae`: the released pipeline's Gemma-2-2B and CogVideoX VAE folders (referenced, not copied),
     written into the engine directory's components.json with the released latent spec and sample presets.
-    `v2a`: a V2A checkpoint folder (`lumina_rt.v2a.model`), served as the engine directory's sound model.
+    `v2a`: a V2A checkpoint folder (`lumina_rt.v2a.pipeline`), served as the engine directory's sound model.
     """
     from lumina_rt.checkpoint import load_config, weights_hash
 

@@ -4,8 +4,9 @@ The sampler only sees a *velocity function*
 
     velocity_fn(x [B, C, F, H, W], t [B], cap_feats [B, L, D], cap_mask [B, L], motion [B], combo: str) -> v
 
-and never knows which backend (torch, fused kernels, ONNX Runtime, TensorRT) computes it.
-Time runs from 0 (noise) to 1 (data).
+and never knows which backend (torch, fused kernels, ONNX Runtime, TensorRT) computes it, nor which model: x may
+be any latent [B, ...] (the V2A pipeline samples audio latents [B, C, T, M] with its "video kept" flag, 1 or 0, in
+the motion slot). Time runs from 0 (noise) to 1 (data).
 """
 
 from __future__ import annotations
@@ -296,14 +297,15 @@ def sample_euler(
     patch_combos: Sequence[str] | None = None,
     item_motion: torch.Tensor | None = None,
     cache: CacheRun | None = None,
+    desc: str = "sampling",
 ) -> torch.Tensor:
-    """Euler flow-matching sampling from noise z [B, C, F, H, W] on the shifted grid.
+    """Euler flow-matching sampling from noise z [B, C, F, H, W] (or any latent [B, ...]) on the shifted grid.
 
     Returns the final sample, or with `return_trajectory` the states at every grid point [steps, B, ...].
     `callback(step, t, combo)` is called before each velocity evaluation. With `patch_combos` (the model's),
     a schedule naming another patch size is refused before any work. `item_motion`: see `guided_velocity`.
     `cache` (`lumina_rt.caching`): predict some steps' velocities instead of evaluating the model; `callback` then
-    runs only before the evaluations. Without it every step evaluates the model.
+    runs only before the evaluations. Without it every step evaluates the model. `desc`: the progress bar's label.
     """
     config.validate(patch_combos)
     if not bool(torch.isfinite(z).all()):
@@ -311,7 +313,7 @@ def sample_euler(
     grid = time_grid(config.step, config.ts).tolist()
     x = z.float()
     states = [x] if return_trajectory else None
-    bar = tqdm(range(len(grid) - 1), desc="sampling", unit="step", disable=not progress, leave=False)
+    bar = tqdm(range(len(grid) - 1), desc=desc, unit="step", disable=not progress, leave=False)
     for k in bar:
         t0, t1 = grid[k], grid[k + 1]
         combo = str(time_aware_value(config.P, t0, "P"))

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 
 def make_v2a_checkpoint(out: Path, seed: int = 0, frames: tuple[int, int] = (8, 16)) -> Path:
-    from lumina_rt.builtin_parts import TinyTextEncoder
+    from lumina_rt.components.tiny import TinyTextEncoder
     from lumina_rt.v2a.codec import AudioCodec, AudioSpec, log_mel
     from lumina_rt.v2a.model import V2AConfig, V2AModel
 
@@ -60,7 +60,7 @@ def tiny_v2a_dir() -> Path:
 def require_builtin_v2a() -> Path:
     """The shipped V2A model's folder; a failure naming the missing folder when it is not there (it ships with the
     package, so its absence is a broken install, not a missing optional piece)."""
-    from lumina_rt.builtin_parts import builtin_dir, builtin_v2a_source
+    from lumina_rt.builtin import builtin_dir, builtin_v2a_source
 
     folder = builtin_v2a_source()
     if folder is None:

@@ -1,4 +1,4 @@
-"""A stand-in for `lumina_rt.v2a.model.V2APipeline` (tests only): the contract's interface, a transparent sound.
+"""A stand-in for `lumina_rt.v2a.pipeline.V2APipeline` (tests only): the contract's interface, a transparent sound.
 
 Each video frame becomes 1/fps s of a 440 Hz tone whose amplitude is the frame's mean brightness, so a test can
 tell from the sound which frames the model saw. It records every clip it was given.

@@ -1,5 +1,6 @@
 """`lumina-rt generate --audio` and `lumina-rt v2a VIDEO --out OUT.mp4` as a user runs them, with the real V2A
-pipeline (`lumina_rt.v2a.model.V2APipeline`): files read back, typed errors naming the bad value, nothing half-written.
+pipeline (`lumina_rt.v2a.pipeline.V2APipeline`): files read back, typed errors naming the bad value, nothing
+half-written.
 
 The sound model here is mostly a small random V2A checkpoint (tests/_v2a_checkpoint.py) served from an engine
 directory built with it (`lumina-rt build --v2a`). The tests that use the built-in V2A model itself (`--builtin
@@ -30,7 +31,7 @@ PROMPT = "a red circle moving right quickly"
 def engines(tmp_path_factory):
     """`lumina-rt build --v2a`: the built-in video model's torch engines (weights only: quick) with a small random
     V2A model's engine."""
-    from lumina_rt.builtin_parts import builtin_dir
+    from lumina_rt.builtin import builtin_dir
 
     out = tmp_path_factory.mktemp("engines") / "builtin_with_sound"
     shapes = ["--resolutions", "32x32,64x64", "--frames", "1,8,16"]
@@ -94,7 +95,7 @@ def test_generate_audio_is_refused_before_any_work(engines, tmp_path):
     assert (
         res.returncode == 2 and "InputError" in res.stderr and "v.gif" in res.stderr and "--audio needs" in res.stderr
     )
-    from lumina_rt.builtin_parts import builtin_dir
+    from lumina_rt.builtin import builtin_dir
     from lumina_rt.export.build_engines import build
 
     silent = tmp_path / "silent_engines"
@@ -222,7 +223,7 @@ def test_v2a_builtin_sound_read_back_from_the_file_is_in_sync_and_in_tune(tmp_pa
     of the colour, as the model's direct output scores (6 clips; `lumina-rt eval-v2a` measures 48)."""
     require_builtin_v2a()
     from lumina_rt.v2a.eval import heldout_clips, score_clip, summarise
-    from lumina_rt.v2a.model import V2APipeline
+    from lumina_rt.v2a.pipeline import V2APipeline
 
     pipe = V2APipeline.builtin()
     clips = heldout_clips(pipe.spec, 6, frames=8)

@@ -1,5 +1,5 @@
-"""Lumina-V2A model and pipeline (lumina_rt.v2a.model): shapes, masks, zero-initialised paths, typed errors, and the
-shipped built-in model's sync and pitch on held-out clips."""
+"""Lumina-V2A model and pipeline (lumina_rt.v2a.model, lumina_rt.v2a.pipeline): shapes, masks, zero-initialised
+paths, typed errors, and the shipped built-in model's sync and pitch on held-out clips."""
 
 import json
 from pathlib import Path
@@ -7,19 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from lumina_rt.builtin_parts import TinyTextEncoder
+from lumina_rt.builtin import builtin_v2a_dir
+from lumina_rt.components.tiny import TinyTextEncoder
 from lumina_rt.data.sound import HELD_OUT_SOUNDS, SoundDataset
 from lumina_rt.errors import CheckpointError, ConfigError, InputError
 from lumina_rt.v2a.codec import AudioCodec, AudioSpec, log_mel
 from lumina_rt.v2a.eval import heldout_clips, score_clip, summarise
-from lumina_rt.v2a.model import (
-    V2AConfig,
-    V2AModel,
-    V2APipeline,
-    audio_rope_tables,
-    builtin_v2a_dir,
-    frame_to_token_weights,
-)
+from lumina_rt.v2a.model import V2AConfig, V2AModel, audio_rope_tables, frame_to_token_weights
+from lumina_rt.v2a.pipeline import V2APipeline
 
 SPEC = AudioSpec()
 

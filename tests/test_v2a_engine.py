@@ -24,7 +24,7 @@ def v2a_dir():
 def test_v2a_graph_equals_the_reference_at_every_batch_length_and_caption(v2a_dir, tmp_path):
     from lumina_rt.engines.v2a_engine import INPUT_NAMES, V2AEngine, ort_session
     from lumina_rt.export.v2a_export import EXPORT_EXAMPLE, check_onnx, export_v2a, random_inputs
-    from lumina_rt.v2a.model import V2APipeline
+    from lumina_rt.v2a.pipeline import V2APipeline
 
     model = V2APipeline.from_dir(v2a_dir).model
     info = export_v2a(model, tmp_path / "velocity.onnx")

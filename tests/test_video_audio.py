@@ -202,7 +202,7 @@ def test_soundtrack_resamples_the_clip_to_the_models_rate_and_fits_the_sound_to_
 
 @pytest.fixture(scope="module")
 def real_stage():
-    from lumina_rt.v2a.model import V2APipeline
+    from lumina_rt.v2a.pipeline import V2APipeline
     from lumina_rt.v2a.soundtrack import Soundtrack
     from tests._v2a_checkpoint import tiny_v2a_dir
 
@@ -228,7 +228,7 @@ def test_soundtrack_names_a_clip_it_cannot_serve(real_stage, monkeypatch, frames
 
 
 def test_pipeline_audio_stage_result_saves_an_mp4_with_sound(real_stage, tmp_path):
-    from lumina_rt.builtin_parts import builtin_dir
+    from lumina_rt.builtin import builtin_dir
     from lumina_rt.errors import ConfigError
     from lumina_rt.pipeline import Pipeline
 

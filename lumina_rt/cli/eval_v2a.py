@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from lumina_rt.v2a.eval import evaluate_v2a
-    from lumina_rt.v2a.model import V2APipeline
+    from lumina_rt.v2a.pipeline import V2APipeline
 
     torch.set_num_threads(args.threads)
     pipeline = V2APipeline.builtin() if args.model is None else V2APipeline.from_dir(args.model)

@@ -19,38 +19,28 @@ relative, a pitch is an absolute band; its effect was not isolated: pitch came w
 appearance path).
 
 Reused from the video model: `Attention`, `FeedForward`, `RMSNorm`, `TimestepEmbedder`, `rope_tables`
-(`lumina_rt.model`), the fused-op boundary (`ops.rms_norm`, `ops.patchify` / `ops.unpatchify`), the sampler's time
-grid (`lumina_rt.sampling.time_grid`) and the tiny text encoder (`lumina_rt.builtin_parts.TinyTextEncoder`).
+(`lumina_rt.model`) and the fused-op boundary (`ops.rms_norm`, `ops.patchify` / `ops.unpatchify`).
 
-`V2AModel.velocity(z, t, frames, cap_feats, cap_mask, video_keep)` is the batch path (fixed shapes, no host syncs:
-it exports); `V2APipeline.generate_audio(frames, prompt)` is the user-facing call; `V2APipeline.builtin()` loads the
-shipped model (lumina_rt/builtin/v2a/).
+This module is the config and the model: `V2AModel.velocity(z, t, frames, cap_feats, cap_mask, video_keep)` is the
+batch path (fixed shapes, no host syncs: it exports). Sampling, loading a checkpoint folder and the user-facing
+`generate_audio` are `lumina_rt.v2a.pipeline.V2APipeline`'s; training is `lumina_rt.v2a.train`'s.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import logging
-import math
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file
-from tqdm.auto import tqdm
 
 from lumina_rt import ops
-from lumina_rt.errors import CheckpointError, ConfigError, InputError
+from lumina_rt.errors import ConfigError, InputError
 from lumina_rt.model import Attention, FeedForward, RMSNorm, TimestepEmbedder, rope_tables
-from lumina_rt.sampling import time_grid
-from lumina_rt.v2a.codec import AudioCodec, AudioSpec
-
-logger = logging.getLogger(__name__)
 
 V2A_CONFIG = "config.json"
 V2A_WEIGHTS = "model.safetensors"
@@ -63,7 +53,7 @@ V2A_WEIGHTS = "model.safetensors"
 
 @dataclass(frozen=True)
 class V2AConfig:
-    """Sizes of a V2A model; `from_name` gives the presets ("builtin", "tiny")."""
+    """Sizes of a V2A model; `from_name` gives the named model sizes (`SIZES`: "builtin", "tiny")."""
 
     dim: int = 128
     n_layers: int = 6
@@ -117,16 +107,16 @@ class V2AConfig:
     def tokens_per_video_frame(self) -> int:
         return self.latent_frames_per_video_frame // self.patch[0]
 
-    PRESETS = {
+    SIZES = {
         "builtin": dict(dim=128, n_layers=6, n_heads=4, ffn_hidden=384),
         "tiny": dict(dim=32, n_layers=2, n_heads=2, ffn_hidden=64),
     }
 
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> V2AConfig:
-        if name not in cls.PRESETS:
-            raise ConfigError(f"unknown V2A model size {name!r}; known: {sorted(cls.PRESETS)}")
-        return cls(**{**cls.PRESETS[name], **overrides}, name=name)
+        if name not in cls.SIZES:
+            raise ConfigError(f"unknown V2A model size {name!r}; known: {sorted(cls.SIZES)}")
+        return cls(**{**cls.SIZES[name], **overrides}, name=name)
 
     def to_kwargs(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -401,208 +391,3 @@ def check_velocity_inputs(
     for name, tensor in (("z", z), ("t", t), ("frames", frames), ("cap_feats", cap_feats)):
         if not bool(torch.isfinite(tensor).all()):
             raise InputError(f"{name} contains NaN or infinite values")
-
-
-# ------------------------------------------------------------------------------------------------
-# Pipeline
-# ------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class V2ASampling:
-    """Sampling defaults of a V2A checkpoint: Euler steps (grid points), time shift, CFG scale."""
-
-    steps: int = 16
-    shift: float = 2.0
-    guidance: float = 2.0
-
-
-def builtin_v2a_dir() -> Path:
-    """Folder of the shipped V2A model (the `v2a` folder of the built-in model, `builtin_parts.builtin_dir`)."""
-    from lumina_rt.builtin_parts import builtin_dir
-
-    return builtin_dir() / "v2a"
-
-
-class V2APipeline:
-    """Frames (+ optional prompt) -> waveform, with a V2A model, its audio codec + vocoder and text encoder."""
-
-    def __init__(
-        self,
-        model: V2AModel,
-        codec: AudioCodec,
-        encoder: Any,
-        sampling: V2ASampling | None = None,
-        frames_range: tuple[int, int] = (8, 16),
-    ):
-        self._model = model.eval()
-        self.codec = codec
-        self.spec: AudioSpec = codec.spec
-        self.encoder = encoder  # lumina_rt.builtin_parts.TinyTextEncoder
-        self.sampling = sampling or V2ASampling()
-        self.min_frames, self.max_frames = int(frames_range[0]), int(frames_range[1])
-        self.frame_size: tuple[int, int] | None = None  # any frame size: resized to model_frame_size
-        size = model.config.frame_size
-        self.model_frame_size = (size, size)
-        if codec.channels != model.config.latent_channels or codec.latent_bands != model.config.latent_bands:
-            raise ConfigError(
-                f"audio codec latents [{codec.channels} channels, {codec.latent_bands} bands] do not match the model's "
-                f"[{model.config.latent_channels}, {model.config.latent_bands}]"
-            )
-
-    @property
-    def model(self) -> V2AModel:
-        return self._model
-
-    # ---------------------------------------------------------------- loading / saving
-    @classmethod
-    def from_dir(cls, directory: str | Path) -> V2APipeline:
-        """Load a V2A checkpoint folder (config.json, model.safetensors, audio codec, text encoder)."""
-        from lumina_rt.builtin_parts import TinyTextEncoder
-
-        directory = Path(directory)
-        path = directory / V2A_CONFIG
-        if not path.is_file():
-            raise CheckpointError(f"{str(directory)!r} is not a V2A checkpoint: no {V2A_CONFIG}")
-        try:
-            raw = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{str(path)!r} is not valid JSON: {exc}") from None
-        for key in ("model", "audio", "text_encoder"):
-            if key not in raw:
-                raise CheckpointError(f"{str(path)!r} lacks the {key!r} section")
-        cfg = V2AConfig.from_kwargs(raw["model"], name=raw.get("name", directory.name))
-        model = V2AModel(cfg)
-        try:
-            state = load_file(str(directory / V2A_WEIGHTS))
-        except OSError as exc:
-            raise CheckpointError(f"cannot read {str(directory / V2A_WEIGHTS)!r}: {exc}") from None
-        try:
-            model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-        except RuntimeError as exc:
-            raise CheckpointError(f"{str(directory / V2A_WEIGHTS)!r} does not fit its config: {exc}") from None
-        codec = AudioCodec.load(directory, AudioSpec.from_dict(raw["audio"]))
-        encoder = TinyTextEncoder.load(directory, raw["text_encoder"])
-        sampling = V2ASampling(**raw.get("sampling", {}))
-        frames = raw.get("frames", [8, 16])
-        return cls(model, codec, encoder, sampling, (int(frames[0]), int(frames[1])))
-
-    @classmethod
-    def builtin(cls) -> V2APipeline:
-        """The shipped model (lumina_rt/builtin/v2a/)."""
-        return cls.from_dir(builtin_v2a_dir())
-
-    # ---------------------------------------------------------------- inputs
-    def prepare_frames(self, frames: torch.Tensor) -> torch.Tensor:
-        """Check one clip [3, F, H, W] in [0, 1] and resize it to the model's frame size -> [3, F, S, S]."""
-        if not isinstance(frames, torch.Tensor):
-            raise InputError(f"frames must be a torch.Tensor [3, F, H, W], got {type(frames).__name__}")
-        if frames.dim() != 4:
-            raise InputError(f"frames must be one clip [3, F, H, W], got shape {tuple(frames.shape)}")
-        if frames.shape[0] != 3:
-            raise InputError(f"frames must have 3 (RGB) channels first, got {frames.shape[0]}: {tuple(frames.shape)}")
-        n = frames.shape[1]
-        if not self.min_frames <= n <= self.max_frames:
-            raise InputError(
-                f"frames has F={n} video frames; this V2A model takes {self.min_frames} to {self.max_frames} frames "
-                f"at {self.spec.fps} fps"
-            )
-        if not frames.is_floating_point():
-            raise InputError(f"frames must be float in [0, 1], got dtype {frames.dtype}")
-        if not bool(torch.isfinite(frames).all()):
-            raise InputError("frames contains NaN or infinite values")
-        x = frames.float().clamp(0, 1).transpose(0, 1)  # [F, 3, H, W]
-        size = self.model_frame_size
-        if tuple(x.shape[2:]) != size:
-            x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
-        return x.transpose(0, 1).contiguous()
-
-    def encode_prompts(self, prompts: list[str | None]) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.encoder.encode(["" if p is None else p for p in prompts])
-
-    # ---------------------------------------------------------------- generation
-    @torch.no_grad()
-    def generate_latents(
-        self,
-        frames: torch.Tensor,
-        prompts: list[str | None],
-        seed: int = 0,
-        steps: int | None = None,
-        guidance: float | None = None,
-        progress: bool = True,
-    ) -> torch.Tensor:
-        """Audio latents [B, C, T, M] for prepared frames [B, 3, F, S, S] (Euler on the shifted time grid, CFG
-        against "no video, no caption": v = v_pos + g (v_pos - v_neg))."""
-        steps = self.sampling.steps if steps is None else int(steps)
-        g = self.sampling.guidance if guidance is None else float(guidance)
-        if steps < 2:
-            raise InputError(f"steps must be >= 2 grid points, got {steps}")
-        if not math.isfinite(g) or g < 0:
-            raise InputError(f"guidance must be a finite number >= 0, got {g}")
-        cfg = self._model.config
-        b, n_frames = frames.shape[0], frames.shape[2]
-        gen = torch.Generator().manual_seed(int(seed))
-        shape = (b, cfg.latent_channels, n_frames * cfg.latent_frames_per_video_frame, cfg.latent_bands)
-        z = torch.randn(shape, generator=gen)
-        feats, mask = self.encode_prompts(prompts)
-        keep = torch.ones(b)
-        if g > 0:
-            nfeats, nmask = self.encode_prompts([None] * b)
-            length = max(feats.shape[1], nfeats.shape[1])
-            feats = torch.cat([F.pad(feats, (0, 0, 0, length - feats.shape[1])),
-                               F.pad(nfeats, (0, 0, 0, length - nfeats.shape[1]))])  # fmt: skip
-            mask = torch.cat([F.pad(mask, (0, length - mask.shape[1])), F.pad(nmask, (0, length - nmask.shape[1]))])
-            frames = torch.cat([frames, frames])
-            keep = torch.cat([keep, torch.zeros(b)])
-        grid = time_grid(steps, self.sampling.shift).tolist()
-        for k in tqdm(range(len(grid) - 1), desc="v2a", unit="step", disable=not progress, leave=False):
-            t0, t1 = grid[k], grid[k + 1]
-            x = torch.cat([z, z]) if g > 0 else z
-            v = self._model.velocity(x, torch.full((x.shape[0],), t0), frames, feats, mask, keep).float()
-            if g > 0:
-                v = v[:b] + g * (v[:b] - v[b:])
-            z = z + (t1 - t0) * v
-        return z
-
-    @torch.no_grad()
-    def generate_batch(
-        self,
-        frames: torch.Tensor,
-        prompts: list[str | None] | None = None,
-        *,
-        seed: int = 0,
-        steps: int | None = None,
-        guidance: float | None = None,
-        progress: bool = True,
-    ) -> torch.Tensor:
-        """Waveforms [B, samples] for clips [B, 3, F, H, W] of equal length (one noise draw for the batch)."""
-        if frames.dim() != 5:
-            raise InputError(f"frames must be a batch of clips [B, 3, F, H, W], got shape {tuple(frames.shape)}")
-        prompts = [None] * frames.shape[0] if prompts is None else list(prompts)
-        if len(prompts) != frames.shape[0]:
-            raise InputError(f"{len(prompts)} prompts for {frames.shape[0]} clips")
-        x = torch.stack([self.prepare_frames(f) for f in frames])
-        z = self.generate_latents(x, prompts, seed, steps, guidance, progress)
-        return self.codec.decode_wave(z, seed=int(seed)).float()
-
-    def generate_audio(
-        self,
-        frames: torch.Tensor,
-        prompt: str | None = None,
-        *,
-        seed: int = 0,
-        steps: int | None = None,
-        guidance: float | None = None,
-        progress: bool = True,
-    ) -> torch.Tensor:
-        """frames [3, F, H, W] float in [0, 1] (one clip at spec.fps) -> waveform float32 [F * sample_rate // fps]
-        in [-1, 1]. InputError naming the bad value for a frame count outside [min_frames, max_frames], wrong
-        channels, NaN."""
-        x = self.prepare_frames(frames)[None]
-        z = self.generate_latents(x, [prompt], seed, steps, guidance, progress)
-        return self.codec.decode_wave(z, seed=int(seed))[0].float().contiguous()
-
-
-def load_builtin_v2a() -> V2APipeline:
-    """The shipped V2A pipeline (`V2APipeline.builtin()`)."""
-    return V2APipeline.builtin()

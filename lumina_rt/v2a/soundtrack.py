@@ -1,6 +1,6 @@
 """The audio stage: sound for decoded clips at any frame rate, by a V2A model (after decode, before the file).
 
-`Soundtrack(v2a)` wraps anything with the `V2APipeline` interface of `lumina_rt.v2a.model` (`spec.fps`,
+`Soundtrack(v2a)` wraps anything with the `V2APipeline` interface of `lumina_rt.v2a.pipeline` (`spec.fps`,
 `spec.sample_rate`, `min_frames`, `max_frames`, `frame_size`, `generate_audio(frames, prompt, seed=, steps=,
 progress=)`) and does what a clip needs before and after it:
 
@@ -41,8 +41,8 @@ class Soundtrack:
 
     @classmethod
     def builtin(cls, steps: int | None = None) -> Soundtrack:
-        """The shipped V2A model (`lumina_rt.v2a.model.V2APipeline.builtin()`), reference torch model."""
-        from lumina_rt.v2a.model import V2APipeline
+        """The shipped V2A model (`lumina_rt.v2a.pipeline.V2APipeline.builtin()`), reference torch model."""
+        from lumina_rt.v2a.pipeline import V2APipeline
 
         return cls(V2APipeline.builtin(), steps=steps)
 
@@ -170,9 +170,10 @@ def load_soundtrack(
     steps: int | None = None,
 ) -> Soundtrack:
     """The audio stage the commands use: the V2A engine of `engine_dir`, by default the built-in model's engines
-    (built on first use, `lumina_rt.builtin_parts.builtin_engines`), or with `reference` the built-in V2A model's
+    (built on first use, `lumina_rt.builtin.engines.builtin_engines`), or with `reference` the built-in V2A model's
     reference torch model (no engines)."""
-    from lumina_rt.builtin_parts import builtin_engines, builtin_v2a_source
+    from lumina_rt.builtin import builtin_v2a_source
+    from lumina_rt.builtin.engines import builtin_engines
     from lumina_rt.engines.manifest import read_manifest
     from lumina_rt.engines.v2a_engine import load_v2a
 

@@ -45,7 +45,8 @@ from lumina_rt.training.video import (
     save_checkpoint,
 )
 from lumina_rt.v2a.codec import AudioCodec, AudioSpec, log_mel
-from lumina_rt.v2a.model import V2A_CONFIG, V2A_WEIGHTS, V2AConfig, V2AModel, V2ASampling
+from lumina_rt.v2a.model import V2A_CONFIG, V2A_WEIGHTS, V2AConfig, V2AModel
+from lumina_rt.v2a.pipeline import V2ASampling
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ class V2ATrainRun:
 
 def setup(cfg: V2ATrainConfig, out: Path) -> V2ATrainRun:
     """Seed, then build the model, text encoder, data, audio codec and optimizer."""
-    from lumina_rt.builtin_parts import TinyTextEncoder
+    from lumina_rt.components.tiny import TinyTextEncoder
 
     tc = cfg.train
     torch.manual_seed(int(tc.seed))

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lumina_rt.errors import ConfigError, InputError, MediaError
+from lumina_rt.errors import InputError, MediaError
 from lumina_rt.video import audio_length, fit_audio, frame_rate
 
 logger = logging.getLogger(__name__)
@@ -172,7 +172,6 @@ def load_soundtrack(
     """The audio stage the commands use: the V2A engine of `engine_dir`, by default the built-in model's engines
     (built on first use, `lumina_rt.builtin.engines.builtin_engines`), or with `reference` the built-in V2A model's
     reference torch model (no engines)."""
-    from lumina_rt.builtin import builtin_v2a_source
     from lumina_rt.builtin.engines import builtin_engines
     from lumina_rt.engines.manifest import read_manifest
     from lumina_rt.engines.v2a_engine import load_v2a
@@ -180,7 +179,5 @@ def load_soundtrack(
     if reference:
         return Soundtrack.builtin(steps=steps)
     if engine_dir is None:
-        if builtin_v2a_source() is None:
-            raise ConfigError("the built-in V2A model is not installed (lumina_rt/builtin/v2a/ has no config.json)")
         engine_dir = builtin_engines()
     return Soundtrack(load_v2a(engine_dir, read_manifest(engine_dir), backend), steps=steps)

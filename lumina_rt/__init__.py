@@ -14,8 +14,7 @@ from lumina_rt.errors import (
     TextEncoderError,
     UnsafeCheckpointError,
 )
-
-__version__ = "0.1.0"
+from lumina_rt.version import __version__
 
 __all__ = [
     "BackendUnavailableError",

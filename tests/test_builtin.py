@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from lumina_rt import components
-from lumina_rt.builtin_parts import builtin_dir, generate_reference
+from lumina_rt.builtin import builtin_dir
+from lumina_rt.builtin.reference import generate_reference
 from lumina_rt.checkpoint import load_model
 from lumina_rt.data.motion import analyse_frames
 from lumina_rt.errors import TextEncoderError
@@ -64,7 +65,8 @@ def test_generates_video_with_requested_colour():
 
 
 def test_engines_default_to_the_multiscale_preset():
-    from lumina_rt.builtin_parts import BUILTIN_MULTI, sample_presets
+    from lumina_rt.builtin import BUILTIN_MULTI
+    from lumina_rt.builtin.reference import sample_presets
     from lumina_rt.export.build_engines import _default_preset
 
     presets = sample_presets(BUILTIN)
@@ -74,10 +76,10 @@ def test_engines_default_to_the_multiscale_preset():
 
 def test_text_encoder_names_unknown_words_once_per_call(caplog):
     enc = components.load_text_encoder(BUILTIN)
-    with caplog.at_level(logging.WARNING, logger="lumina_rt.builtin_parts"):
+    with caplog.at_level(logging.WARNING, logger="lumina_rt.components.tiny"):
         enc.encode(["a red circle moving left quickly", ""])
     assert not caplog.records
-    with caplog.at_level(logging.WARNING, logger="lumina_rt.builtin_parts"):
+    with caplog.at_level(logging.WARNING, logger="lumina_rt.components.tiny"):
         feats, _ = enc.encode(["a purple dragon moving left", "a purple circle"])
     assert len(caplog.records) == 1
     msg = caplog.records[0].getMessage()

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from lumina_rt import ops
-from lumina_rt.builtin_parts import builtin_dir, generate_reference
+from lumina_rt.builtin import builtin_dir
+from lumina_rt.builtin.reference import generate_reference
 from lumina_rt.engines import BACKENDS, UNMEASURED_ORDER
 from lumina_rt.engines.engine_set import EngineSet
 from lumina_rt.engines.measure import CPU_TOKENS, MARGIN, measure_shape, rank, ranking_lines

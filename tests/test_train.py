@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 
 import lumina_rt.training.video as T
 from lumina_rt import ops
-from lumina_rt.builtin_parts import TinyTextEncoder
 from lumina_rt.checkpoint import load_model
+from lumina_rt.components.tiny import TinyTextEncoder
 from lumina_rt.data import SYSTEM_PROMPTS
 from lumina_rt.model import MultiScaleNextDiT
 
@@ -246,7 +246,7 @@ def test_flow_matching_loss_and_cosine_term():
 
 
 def test_pca_latent_fits_round_trips_and_trains(tmp_path):
-    from lumina_rt.builtin_parts import PCAAutoencoder
+    from lumina_rt.components.tiny import PCAAutoencoder
     from lumina_rt.data import SyntheticDataset, analyse_frames
 
     clips = SyntheticDataset(seed=3).video_batch(0, 32).x

@@ -68,7 +68,8 @@ def add(p: argparse.ArgumentParser) -> Runner:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lumina_rt.builtin_parts import BUILTIN_DEFAULT_SIZE, builtin_engines, builtin_v2a_source
+    from lumina_rt.builtin import BUILTIN_DEFAULT_SIZE, builtin_v2a_source
+    from lumina_rt.builtin.engines import builtin_engines
     from lumina_rt.errors import ConfigError, InputError
     from lumina_rt.runtime import Runtime
 

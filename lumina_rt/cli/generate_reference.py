@@ -24,7 +24,7 @@ def add(p: argparse.ArgumentParser) -> Runner:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from lumina_rt.builtin_parts import generate_reference
+    from lumina_rt.builtin.reference import generate_reference
     from lumina_rt.video import write_video
 
     torch.set_num_threads(2)

@@ -11,11 +11,13 @@ A checkpoint (or engine) directory may hold `components.json`:
 Relative paths are relative to the directory holding `components.json` and are copied with it
 (`copy_components`, used when building engines); absolute paths are referenced where they are (the released
 Gemma-2-2B and CogVideoX VAE folders, several GB: `lumina-rt build --text-encoder DIR --vae DIR` references them,
-and their files' SHA-256 go into the build's components cache key). A kind is registered with
-`register_text_encoder(kind)` / `register_decoder(kind)`; its loader receives (directory, spec dict).
+and their files' SHA-256 go into the build's components cache key). The kinds are the two tables below
+(`TEXT_ENCODERS`, `DECODERS`: kind -> loader, which receives (directory, spec dict) and imports its module when
+called); `register_text_encoder(kind)` / `register_decoder(kind)` add a kind at run time.
 
 Kinds: text encoder `gemma-2-2b` (`lumina_rt.components.gemma`, extra `text`: transformers), decoder `cogvideox-vae`
-(`lumina_rt.components.cogvideox`, extra `vae`: diffusers), decoder `pixels`, and the built-in model's.
+(`lumina_rt.components.cogvideox`, extra `vae`: diffusers), decoder `pixels`, and the built-in model's text encoder
+`lumina-tiny-text` and decoder `lumina-tiny-pca` (`lumina_rt.components.tiny`).
 Options of the two released kinds: `dtype` ("auto": bf16 on CUDA, fp32 on the CPU; or fp32 / bf16 / fp16),
 `device` ("auto": CUDA when there is one); `cogvideox-vae` also `tiling`, `slicing` (booleans, default false).
 
@@ -30,12 +32,16 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from lumina_rt.builtin import builtin_presets
 from lumina_rt.errors import CheckpointError, DecoderError, InputError, TextEncoderError
 from lumina_rt.tolerances import DTYPES
+
+if TYPE_CHECKING:
+    from lumina_rt.components.tiny import PCAAutoencoder, TinyTextEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -82,27 +88,6 @@ class PixelDecoder:
         return ((latents.float() + 1.0) / 2.0).clamp(0.0, 1.0)
 
 
-_TEXT_ENCODERS: dict[str, Callable[[Path, dict[str, Any]], TextEncoder]] = {}
-_DECODERS: dict[str, Callable[[Path, dict[str, Any]], Decoder]] = {}
-
-
-def register_text_encoder(kind: str):
-    def deco(fn: Callable[[Path, dict[str, Any]], TextEncoder]):
-        _TEXT_ENCODERS[kind] = fn
-        return fn
-
-    return deco
-
-
-def register_decoder(kind: str):
-    def deco(fn: Callable[[Path, dict[str, Any]], Decoder]):
-        _DECODERS[kind] = fn
-        return fn
-
-    return deco
-
-
-@register_decoder("pixels")
 def _pixels(directory: Path, spec: dict[str, Any]) -> Decoder:
     return PixelDecoder()
 
@@ -121,7 +106,6 @@ def placement(spec: dict[str, Any], error: type[Exception] = CheckpointError) ->
     return torch.device(device), DTYPES[dtype]
 
 
-@register_text_encoder("gemma-2-2b")
 def _gemma(directory: Path, spec: dict[str, Any]) -> TextEncoder:
     from lumina_rt.components.gemma import GemmaTextEncoder
 
@@ -132,7 +116,6 @@ def _gemma(directory: Path, spec: dict[str, Any]) -> TextEncoder:
     return GemmaTextEncoder(directory / path, device=device, dtype=dtype)
 
 
-@register_decoder("cogvideox-vae")
 def _cogvideox(directory: Path, spec: dict[str, Any]) -> Decoder:
     from lumina_rt.components.cogvideox import CogVideoXDecoder
 
@@ -183,16 +166,74 @@ def released_components(
     return out
 
 
-def _import_kind_modules() -> None:
-    """Modules that register more kinds (the built-in model's encoder and decoder)."""
-    import importlib
+def _tiny_text(directory: Path, spec: dict[str, Any]) -> TextEncoder:
+    from lumina_rt.components.tiny import TinyTextEncoder
 
-    for name in ("lumina_rt.builtin_parts",):
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
+    return TinyTextEncoder.load(directory, spec)
+
+
+def _tiny_pca(directory: Path, spec: dict[str, Any]) -> Decoder:
+    from lumina_rt.components.tiny import PCAAutoencoder
+
+    return PCAAutoencoder.load(directory, spec)
+
+
+# The component kinds: components.json's "kind" -> loader (directory holding components.json, spec dict).
+TEXT_ENCODERS: dict[str, Callable[[Path, dict[str, Any]], TextEncoder]] = {
+    "gemma-2-2b": _gemma,
+    "lumina-tiny-text": _tiny_text,
+}
+DECODERS: dict[str, Callable[[Path, dict[str, Any]], Decoder]] = {
+    "pixels": _pixels,
+    "cogvideox-vae": _cogvideox,
+    "lumina-tiny-pca": _tiny_pca,
+}
+
+
+def register_text_encoder(kind: str):
+    """Decorator adding a text encoder kind to `TEXT_ENCODERS` (a kind outside lumina_rt, e.g. a test's)."""
+
+    def deco(fn: Callable[[Path, dict[str, Any]], TextEncoder]):
+        TEXT_ENCODERS[kind] = fn
+        return fn
+
+    return deco
+
+
+def register_decoder(kind: str):
+    """Decorator adding a decoder kind to `DECODERS`."""
+
+    def deco(fn: Callable[[Path, dict[str, Any]], Decoder]):
+        DECODERS[kind] = fn
+        return fn
+
+    return deco
+
+
+def write_components(
+    directory: str | Path,
+    encoder: TinyTextEncoder,
+    autoencoder: PCAAutoencoder | None = None,
+    sampling: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write components.json of a built-in-style checkpoint (latent spec, tiny text encoder, decoder: the PCA
+    autoencoder, or pixels without one; sampling presets, the built-in model's by default) and the files it names."""
+    directory = Path(directory)
+    if autoencoder is None:
+        latent = {"channels": 3, "temporal_factor": 1, "spatial_factor": 1, "scale": 1.0}
+        decoder = {"kind": "pixels"}
+    else:
+        latent = {"channels": autoencoder.channels, "temporal_factor": 1, "spatial_factor": autoencoder.factor,
+                  "scale": 1.0}  # fmt: skip
+        decoder = autoencoder.save(directory)
+    spec = {
+        "latent": latent,
+        "text_encoder": encoder.save(directory),
+        "decoder": decoder,
+        "sampling": sampling or builtin_presets(),
+    }
+    (directory / COMPONENTS_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+    return spec
 
 
 def read_components(directory: str | Path) -> dict[str, Any]:
@@ -217,22 +258,20 @@ def load_text_encoder(directory: str | Path) -> TextEncoder | None:
     spec = read_components(directory).get("text_encoder")
     if spec is None:
         return None
-    _import_kind_modules()
     kind = spec.get("kind")
-    if kind not in _TEXT_ENCODERS:
-        raise TextEncoderError(f"unknown text encoder kind {kind!r}; known kinds: {sorted(_TEXT_ENCODERS)}")
-    return _TEXT_ENCODERS[kind](Path(directory), spec)
+    if kind not in TEXT_ENCODERS:
+        raise TextEncoderError(f"unknown text encoder kind {kind!r}; known kinds: {sorted(TEXT_ENCODERS)}")
+    return TEXT_ENCODERS[kind](Path(directory), spec)
 
 
 def load_decoder(directory: str | Path) -> Decoder | None:
     spec = read_components(directory).get("decoder")
     if spec is None:
         return None
-    _import_kind_modules()
     kind = spec.get("kind")
-    if kind not in _DECODERS:
-        raise DecoderError(f"unknown decoder kind {kind!r}; known kinds: {sorted(_DECODERS)}")
-    return _DECODERS[kind](Path(directory), spec)
+    if kind not in DECODERS:
+        raise DecoderError(f"unknown decoder kind {kind!r}; known kinds: {sorted(DECODERS)}")
+    return DECODERS[kind](Path(directory), spec)
 
 
 def named_paths(comps: dict[str, Any]) -> list[Path]:

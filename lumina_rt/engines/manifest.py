@@ -41,7 +41,7 @@ REQUIRED = ("model", "target", "precision", "runtime", "weights", "scales", "sha
 
 
 def lumina_version() -> str:
-    from lumina_rt import __version__
+    from lumina_rt.version import __version__
 
     return __version__
 

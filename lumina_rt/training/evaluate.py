@@ -177,7 +177,8 @@ def evaluate_model(
     scores, both evaluation counts and wall times, and the PSNR of the cached frames against the uncached ones.
     """
     from lumina_rt import ops
-    from lumina_rt.builtin_parts import builtin_dir, sample_presets
+    from lumina_rt.builtin import builtin_dir
+    from lumina_rt.builtin.reference import sample_presets
     from lumina_rt.caching import StepCache
     from lumina_rt.pipeline import Pipeline
     from lumina_rt.tolerances import DTYPES

@@ -386,7 +386,8 @@ class TrainRun:
 
 def setup(cfg: TrainConfig, out: Path, resume: bool) -> TrainRun:
     """Seed, then build the model, text encoder, data, optimizer, EMA and (PCA latent) autoencoder, in that order."""
-    from lumina_rt.builtin_parts import AE_WEIGHTS, PCAAutoencoder, TinyTextEncoder
+    from lumina_rt.builtin import AE_WEIGHTS
+    from lumina_rt.components.tiny import PCAAutoencoder, TinyTextEncoder
     from lumina_rt.data import SyntheticDataset
 
     tc, mcfg = cfg.train, cfg.model
@@ -418,7 +419,7 @@ def setup(cfg: TrainConfig, out: Path, resume: bool) -> TrainRun:
 def resume_from_latest(run: TrainRun, enabled: bool = True) -> None:
     """Continue from the run's latest checkpoint (weights, optimizer, EMA, step, log up to that step), or start a
     fresh log; then record the filled-in config (train_config.json) and the autoencoder."""
-    from lumina_rt.builtin_parts import AE_WEIGHTS
+    from lumina_rt.builtin import AE_WEIGHTS
 
     out, log_path = run.out, run.log_path
     latest = latest_checkpoint(out) if enabled else None
@@ -495,7 +496,7 @@ def train_step(run: TrainRun, forward, bucket: int, autocast) -> tuple[dict[str,
 
 def export_model(run: TrainRun, export: str | Path) -> Path:
     """Write the final model (EMA weights when kept) with its components, log and config to `export`."""
-    from lumina_rt.builtin_parts import write_components
+    from lumina_rt.components import write_components
 
     final_sd = run.ema if run.ema is not None else run.model.state_dict()
     export = Path(export)

@@ -1,24 +1,20 @@
-"""The built-in model's parts: a tiny word-level text encoder, pixel latents, and reference generation.
+"""The built-in model's text encoder and latent space (components.json kinds "lumina-tiny-text", "lumina-tiny-pca").
 
-Registered in `lumina_rt.components` (imported automatically from there):
-
-- text encoder kind ``"lumina-tiny-text"``: a fixed vocabulary (``vocab`` file, one word a line) and a fixed
+- `TinyTextEncoder` (kind ``"lumina-tiny-text"``): a fixed vocabulary (``vocab`` file, one word a line) and a fixed
   embedding table (``weights`` safetensors, key ``embedding`` [V, D]); unknown words map to ``<unk>`` with one
   logged warning per `encode` call naming them (``strict=True``: a TextEncoderError instead).
   A prompt is encoded as ``<system prompt> <sep> <prompt>``; the system prompt defaults to the spec's
   ``system_prompt`` (the ``toon`` source), so an empty prompt gives the caption-dropout (negative) condition.
-- decoder kind ``"lumina-tiny-pca"``: a small linear autoencoder fitted here (PCA of 4 x 4 pixel blocks,
-  12 whitened components), latents [12, F, H/4, W/4]; ``"pixels"`` (components.py) also works for pixel models.
+- `PCAAutoencoder` (decoder kind ``"lumina-tiny-pca"``): a small linear autoencoder fitted on the training clips
+  (PCA of 4 x 4 pixel blocks, 12 whitened components), latents [12, F, H/4, W/4]; ``"pixels"`` also works for
+  pixel models.
 
-`builtin_dir()` is the shipped model's folder; `generate_reference(...)` samples it with the reference torch
-model and sampler, without the engine runtime; `builtin_engines()` builds (once) and returns its engines.
+`lumina_rt.components.write_components` writes the components.json of a checkpoint made of these parts.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,74 +22,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from lumina_rt.components import (
-    read_components,
-    register_decoder,
-    register_text_encoder,
-)
+from lumina_rt.builtin import AE_KIND, AE_WEIGHTS, TEXT_KIND, TEXT_VOCAB, TEXT_WEIGHTS
 from lumina_rt.errors import CheckpointError, InputError, TextEncoderError
 
 logger = logging.getLogger(__name__)
-
-TEXT_KIND = "lumina-tiny-text"
-TEXT_WEIGHTS = "text_encoder.safetensors"
-TEXT_VOCAB = "text_vocab.txt"
-AE_KIND = "lumina-tiny-pca"
-AE_WEIGHTS = "autoencoder.safetensors"
-# Sampling recipes of the built-in model: CFG against the system-prompt-only caption with a mid-range motion score
-# (1.4 px/frame, a motion-contrast negative like the released presets' conditioned negMotion: it pushes slow
-# prompts slower and fast ones faster), strong while t is small (where the direction of motion is decided), then
-# off (no negative branch), as the released presets switch guidance off late. Chosen on tuning seeds 1-3 and
-# 6-14 (432 videos each); late CFG 3 gave the same direction but lower motion correlation, an unconditioned
-# negative motion 0.007-0.013 lower motion correlation (docs/training.md).
-BUILTIN_SINGLE = dict(P="1x2", step=16, ts=2.0, cfg=[8.0, [0.3, 0.0]], motion=1.2, negMotion=1.4)
-# Multi-scale: 2x2 patches (half the tokens) until t = 0.4, then 1x2, guidance 6 until t = 0.4. The released-style
-# ["2x4", [0.1, "2x2"], [0.3, "1x2"]] scored 58 % direction against 74.5 % for 2x2 -> 1x2 on an earlier model: the
-# 2x4 embedder's 2 x 2 token grid per frame pair is presumably too coarse to fix the direction early.
-BUILTIN_MULTI = {**BUILTIN_SINGLE, "P": ["2x2", [0.4, "1x2"]], "cfg": [6.0, [0.4, 0.0]]}
-
-
-def builtin_presets() -> dict[str, dict[str, Any]]:
-    """The built-in sampling presets; the first is the engines' default (multi-scale: better direction, cheaper)."""
-    return {"multi_scale": dict(BUILTIN_MULTI), "single_scale": dict(BUILTIN_SINGLE)}
-
-
-def builtin_dir() -> Path:
-    """Folder of the shipped built-in model (config.json, model.safetensors, components.json, ...)."""
-    return Path(__file__).resolve().parent / "builtin"
-
-
-# Shapes the built-in model's engines serve, and the size `lumina-rt generate --builtin` makes without sizes.
-BUILTIN_SHAPES = dict(resolutions=((32, 32), (64, 64)), frames=(1, 8, 16))
-BUILTIN_DEFAULT_SIZE = (8, 32, 32)  # frames, height, width
-
-
-def builtin_v2a_source() -> Path | None:
-    """The shipped sound model's folder (lumina_rt/builtin/v2a/), or None while it is not there."""
-    from lumina_rt.v2a.model import builtin_v2a_dir
-
-    folder = builtin_v2a_dir()
-    return folder if (folder / "config.json").is_file() else None
-
-
-def builtin_engines(precision: str = "fp32") -> Path:
-    """Engines of the built-in model (and of its sound model, when shipped), built on first use into the cache
-    (LUMINA_RT_CACHE, ~/.cache/lumina_rt).
-
-    fp32: the best target here (TensorRT, else ONNX, else torch); bf16: torch engines (a CPU with native bf16
-    arithmetic, or a GPU), in their own folder.
-    """
-    from lumina_rt.engines.profiles import ServeShapes
-    from lumina_rt.export.build_engines import build
-
-    cache = Path(os.environ.get("LUMINA_RT_CACHE", Path.home() / ".cache" / "lumina_rt"))
-    out = cache / "engines" / ("builtin" if precision == "fp32" else f"builtin-{precision}")
-    target = "auto" if precision == "fp32" else "torch"
-    shapes = ServeShapes(**BUILTIN_SHAPES)
-    report = build(builtin_dir(), out, target=target, precision=precision, shapes=shapes, v2a=builtin_v2a_source())
-    if report.changed:
-        logger.info("built the built-in model's engines in %s (%.0f s)", out, report.seconds)
-    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -198,11 +130,6 @@ class TinyTextEncoder:
         return self.embedding[tok], mask
 
 
-@register_text_encoder(TEXT_KIND)
-def _tiny_text(directory: Path, spec: dict[str, Any]) -> TinyTextEncoder:
-    return TinyTextEncoder.load(directory, spec)
-
-
 # ------------------------------------------------------------------------------------------------
 # Latent space: a linear autoencoder (PCA of pixel blocks), fitted on the synthetic data
 # ------------------------------------------------------------------------------------------------
@@ -276,91 +203,3 @@ def _to_blocks(x: torch.Tensor, k: int) -> torch.Tensor:
     if h % k or w % k:
         raise InputError(f"frame size {h}x{w} is not a multiple of the autoencoder block {k}")
     return x.reshape(b, c, f, h // k, k, w // k, k).permute(0, 2, 3, 5, 1, 4, 6).reshape(-1, c * k * k)
-
-
-@register_decoder(AE_KIND)
-def _tiny_pca(directory: Path, spec: dict[str, Any]) -> PCAAutoencoder:
-    return PCAAutoencoder.load(directory, spec)
-
-
-# ------------------------------------------------------------------------------------------------
-# Components of a built-in-style checkpoint
-# ------------------------------------------------------------------------------------------------
-
-
-def write_components(
-    directory: str | Path,
-    encoder: TinyTextEncoder,
-    autoencoder: PCAAutoencoder | None = None,
-    sampling: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Write components.json (latent spec, tiny text encoder, decoder) and the files they name."""
-    directory = Path(directory)
-    if autoencoder is None:
-        latent = {"channels": 3, "temporal_factor": 1, "spatial_factor": 1, "scale": 1.0}
-        decoder = {"kind": "pixels"}
-    else:
-        latent = {"channels": autoencoder.channels, "temporal_factor": 1, "spatial_factor": autoencoder.factor,
-                  "scale": 1.0}  # fmt: skip
-        decoder = autoencoder.save(directory)
-    spec = {
-        "latent": latent,
-        "text_encoder": encoder.save(directory),
-        "decoder": decoder,
-        "sampling": sampling or builtin_presets(),
-    }
-    (directory / "components.json").write_text(json.dumps(spec, indent=2) + "\n")
-    return spec
-
-
-def sample_presets(directory: str | Path | None = None) -> dict[str, dict[str, Any]]:
-    """The checkpoint's recommended sampling configs ("single_scale", "multi_scale")."""
-    comps = read_components(builtin_dir() if directory is None else directory)
-    return comps.get("sampling") or builtin_presets()
-
-
-# ------------------------------------------------------------------------------------------------
-# Reference generation (torch model + the one pipeline)
-# ------------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def generate_reference(
-    prompt: str | list[str],
-    frames: int = 8,
-    height: int = 32,
-    width: int = 32,
-    steps: int | None = None,
-    sample: str | dict[str, Any] = "single_scale",
-    cfg: float | None = None,
-    motion: float | list[float] | None = None,
-    seed: int = 0,
-    directory: str | Path | None = None,
-    progress: bool = False,
-) -> torch.Tensor:
-    """Videos [B, 3, F, H, W] in [0, 1] (B = number of prompts) from the reference model, through `Pipeline`.
-
-    `sample`: "single_scale" / "multi_scale" (the checkpoint's presets) or a SampleConfig dict; `motion` may
-    be one score per prompt (negative: unconditioned). Negative condition: the system prompt alone.
-    """
-    from lumina_rt.pipeline import Pipeline
-
-    pipeline = Pipeline.from_checkpoint(builtin_dir() if directory is None else directory)
-    if pipeline.decoder() is None:
-        raise TextEncoderError(f"{str(pipeline.components_dir)!r} has no components.json naming a decoder")
-    per_item = list(motion) if isinstance(motion, (list, tuple)) else None
-    result = pipeline.generate(
-        prompt,
-        frames=frames,
-        height=height,
-        width=width,
-        preset=sample,
-        steps=steps,
-        cfg=cfg,
-        motion=None if motion is None or per_item is not None else float(motion),
-        item_motion=per_item,
-        seed=seed,
-        progress=progress,
-    )
-    assert result.frames is not None
-    return result.frames

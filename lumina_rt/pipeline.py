@@ -26,11 +26,14 @@ import torch
 from lumina_rt import components
 from lumina_rt.caching import StepCache
 from lumina_rt.components import Decoder, LatentSpec, TextEncoder
-from lumina_rt.errors import ConfigError, InputError, ScheduleError, TextEncoderError
+from lumina_rt.errors import Cancelled, ConfigError, InputError, ScheduleError, TextEncoderError
+from lumina_rt.request import GenerationRequest
 from lumina_rt.sampling import SAMPLE_PRESETS, Conditioning, SampleConfig, TimeAware, VelocityFn, sample_euler
 
 # check_request(latent grid, scheduled combos, rows per call, caption tokens, the request in the user's words)
 RequestCheck = Callable[[Sequence[int], Sequence[str], int, int, str], None]
+# callback(steps done, total steps, patch combo of the step just run) after each sampler step; True stops sampling
+StepCallback = Callable[[int, int, str], Any]
 
 
 class AudioStage(Protocol):
@@ -78,6 +81,8 @@ class GenerationResult:
     audio: torch.Tensor | None = None  # [B, samples], one waveform per clip
     sample_rate: int | None = None
     fps: float | None = None  # the frame rate the sound was made for (the video's)
+    sampling_seconds: float | None = None  # of `seconds`, the time spent in the sampler
+    scale: int = 1  # the upscale `save` uses by default (the built-in model's: 4, as `lumina-rt generate --builtin`)
 
     @property
     def evaluations(self) -> int:
@@ -89,11 +94,16 @@ class GenerationResult:
         """The decoded frames when there is a decoder, else the latents."""
         return self.frames if self.frames is not None else self.latents
 
-    def save(self, path: str | os.PathLike, fps: float | None = None, scale: int = 1, audio: bool = True) -> Path:
-        """Write the video (MP4 or GIF by suffix; default fps: the sound's, else 8); without a decoder, a preview of
-        the latents' first channels. With sound (and `audio`), an MP4 with one sound track per clip."""
+    def save(
+        self, path: str | os.PathLike, fps: float | None = None, scale: int | None = None, audio: bool = True
+    ) -> Path:
+        """Write the video (MP4 or GIF by suffix; default fps: the sound's, else 8; default scale: the pipeline's,
+        4 for the built-in model) into an existing, writable folder (InputError otherwise); without a decoder, a
+        preview of the latents' first channels. With sound (and `audio`), an MP4 with one sound track per clip."""
         from lumina_rt.video import latent_preview, write_video
 
+        GenerationRequest(has_features=True, fps=fps or self.fps or 8, scale=scale, out=str(path))  # path, fps, scale
+        scale = self.scale if scale is None else scale
         video = self.frames if self.frames is not None else latent_preview(self.latents)
         if self.audio is None or not audio:
             return write_video(video, path, fps=fps or self.fps or 8, scale=scale)
@@ -122,8 +132,11 @@ class Pipeline:
         check_request: RequestCheck | None = None,
         backend: str = "",
         audio: AudioStage | Callable[[], AudioStage | None] | None = None,
+        profiles: dict[str, Any] | None = None,
     ):
-        """`audio`: the audio stage `generate(..., audio=True)` uses, or a function that loads it on first use."""
+        """`audio`: the audio stage `generate(..., audio=True)` uses, or a function that loads it on first use.
+        `profiles`: the engines' shape ranges per scale (`lumina_rt.engines.profiles.ScaleProfile`), which
+        `GenerationRequest.check` checks requests against before any work."""
         self.velocity = velocity
         self.patch_combos = tuple(patch_combos)
         self.cap_feat_dim = int(cap_feat_dim)
@@ -137,6 +150,12 @@ class Pipeline:
         self._text_encoder: TextEncoder | None = None
         self._decoder: Decoder | None = None
         self._audio = audio
+        self.profiles = dict(profiles or {})
+        shapes = [s for p in self.profiles.values() for s in p.served]
+        served = {(int(s["frames"]), int(s["height"]), int(s["width"])) for s in shapes}
+        self.served = sorted(served)  # (frames, height, width) the engines were built for, for error messages
+        self.builtin = False  # the built-in model's engines: errors give no rebuild advice (Runtime.builtin)
+        self.default_scale = 1  # what GenerationResult.save upscales by default (Runtime.builtin: 4)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -162,6 +181,7 @@ class Pipeline:
             check_request=engines.check_request,
             backend=engines.backend_name,
             audio=audio,
+            profiles=engines.profiles,
         )
 
     @classmethod
@@ -298,6 +318,7 @@ class Pipeline:
         prompt: str | Sequence[str] | None = None,
         *,
         negative_prompt: str | Sequence[str] = "",
+        unconditional: bool = False,
         cap_feats: torch.Tensor | None = None,
         cap_mask: torch.Tensor | None = None,
         neg_cap_feats: torch.Tensor | None = None,
@@ -320,7 +341,9 @@ class Pipeline:
         progress: bool = True,
         decode: bool = True,
         audio: bool | AudioStage = False,
+        audio_steps: int | None = None,
         fps: float = 8,
+        callback: StepCallback | None = None,
     ) -> GenerationResult:
         """Sample videos: a prompt (or caption features), sizes in pixels, a preset (name or recipe dict with the
         released keys P / step / ts / renorm / cfg / motion / negMotion) or an explicit schedule.
@@ -331,25 +354,84 @@ class Pipeline:
         default "", or `neg_cap_feats`) in the same batch. Sizes default to the largest served shape. `cache`: step
         caching (`lumina_rt.caching`: "off", "safe", "fast" or a threshold); the result says what it skipped.
         `audio`: True (the pipeline's audio stage) or an `AudioStage` gives each decoded clip, played at `fps`, a
-        sound made from its frames and prompt with `seed`; a request it cannot serve fails before sampling.
+        sound made from its frames and prompt with `seed` (`audio_steps`: the sound model's grid points); a request
+        it cannot serve fails before sampling. An empty prompt is refused unless `unconditional=True`.
+        `callback(done, total, combo)` runs after each sampler step (`done` of `total` steps, `combo` the step's patch
+        size; with step caching, after the evaluated ones); returning True stops sampling with `errors.Cancelled`.
+
+        The keywords are checked as a `lumina_rt.request.GenerationRequest` (docs/requests.md): errors name them
+        (`frames=0`), say what is accepted, and are the CLI's and the server's, word for word.
         """
+        request = GenerationRequest.from_python(
+            prompt,
+            negative_prompt=list(negative_prompt) if not isinstance(negative_prompt, str) else negative_prompt,
+            unconditional=unconditional,
+            has_features=cap_feats is not None,
+            frames=frames,
+            height=height,
+            width=width,
+            fps=fps,
+            steps=steps,
+            preset=preset,
+            schedule=schedule,
+            cfg=cfg,
+            motion=motion,
+            neg_motion=neg_motion,
+            seed=seed,
+            cache=cache if not isinstance(cache, StepCache) else None,
+            audio=audio is not False and audio is not None,
+            audio_steps=audio_steps,
+        )
+        return self.run(
+            request,
+            cap_feats=cap_feats,
+            cap_mask=cap_mask,
+            neg_cap_feats=neg_cap_feats,
+            neg_cap_mask=neg_cap_mask,
+            item_motion=item_motion,
+            time_shift=time_shift,
+            renorm=renorm,
+            noise=noise,
+            cache=cache if isinstance(cache, StepCache) else None,
+            progress=progress,
+            decode=decode,
+            audio=None if isinstance(audio, bool) or audio is None else audio,
+            callback=callback,
+        )
+
+    @torch.no_grad()
+    def run(
+        self,
+        request: GenerationRequest,
+        *,
+        cap_feats: torch.Tensor | None = None,
+        cap_mask: torch.Tensor | None = None,
+        neg_cap_feats: torch.Tensor | None = None,
+        neg_cap_mask: torch.Tensor | None = None,
+        item_motion: Sequence[float] | None = None,
+        time_shift: float | None = None,
+        renorm: float | None = None,
+        noise: torch.Tensor | None = None,
+        cache: StepCache | None = None,
+        progress: bool = True,
+        decode: bool = True,
+        audio: AudioStage | None = None,
+        callback: StepCallback | None = None,
+    ) -> GenerationResult:
+        """Run a checked `GenerationRequest` (what `generate` builds from its keywords, the CLI from its flags):
+        tensors the request does not hold (caption features, noise, item_motion) and an audio stage come beside
+        it; errors name the request's fields as its caller wrote them."""
         start = time.perf_counter()
-        policy = StepCache.from_setting(cache)
-        config = self.sample_config(preset, steps, schedule, cfg, motion, neg_motion, time_shift, renorm)
+        policy = cache if cache is not None else StepCache.from_setting(request.cache)
         if cap_feats is not None:
-            if prompt is not None:
-                raise InputError("pass either a prompt or caption features (cap_feats), not both")
             pos = self._features(cap_feats, cap_mask, "cap_feats")
-        elif prompt is not None:
-            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-            if not prompts:
-                raise InputError("prompt is an empty list")
-            pos = self.encode(prompts)
         else:
-            raise InputError("generate needs a prompt or caption features (cap_feats)")
+            pos = self.encode(list(request.prompts or [""]))
         batch = pos.cap_feats.shape[0]
         if pos.cap_feats.shape[-1] != self.cap_feat_dim:
             raise InputError(f"cap_feats are {pos.cap_feats.shape[-1]} wide, the model takes {self.cap_feat_dim}")
+        grid = None if noise is None else tuple(noise.shape[2:])
+        config, (frames, height, width) = request.check(self, batch, grid, time_shift=time_shift, renorm=renorm)
         per_item = None
         if item_motion is not None:
             if len(item_motion) != batch:
@@ -361,6 +443,7 @@ class Pipeline:
             if neg_cap_feats is not None:
                 neg = self._features(neg_cap_feats, neg_cap_mask, "neg_cap_feats")
             else:
+                negative_prompt = request.negative_prompt
                 negs = [negative_prompt] * batch if isinstance(negative_prompt, str) else list(negative_prompt)
                 try:
                     neg = self.encode(negs)
@@ -370,15 +453,13 @@ class Pipeline:
                     ) from None
             if neg.cap_feats.shape[0] != batch:
                 raise InputError(f"{neg.cap_feats.shape[0]} negative conditions for {batch} prompts")
+        caption = max(pos.cap_feats.shape[1], 0 if neg is None else neg.cap_feats.shape[1])
+        request.check_caption(int(caption), self)
 
         if noise is None:
-            if None in (frames, height, width) and self.default_size is None:
-                raise InputError("give frames, height and width: there is no served shape to default to")
-            f_def, h_def, w_def = self.default_size or (0, 0, 0)
-            frames, height, width = frames or f_def, height or h_def, width or w_def
             grid = self.latent_shape(frames, height, width)
             asked = f"{batch} prompt{'s' * (batch > 1)}, {frames}x{height}x{width} (frames x height x width)"
-            z = make_noise((batch, self.latent.channels, *grid), seed)
+            z = make_noise((batch, self.latent.channels, *grid), request.seed)
         else:
             z = noise.float()
             if z.dim() != 5 or z.shape[0] != batch or z.shape[1] != self.latent.channels:
@@ -386,19 +467,29 @@ class Pipeline:
             grid = tuple(z.shape[2:])
             asked = f"{batch} prompt{'s' * (batch > 1)}, latent noise {tuple(z.shape)}"
         stage = None
-        if audio is not False and audio is not None:
+        fps = request.fps
+        if request.audio or audio is not None:
             if not decode:
                 raise InputError("audio needs decoded frames: generate with decode=True")
-            stage = self.audio_stage() if audio is True else audio
+            stage = self.audio_stage() if audio is None else audio
+            if request.audio_steps is not None:
+                stage.steps = request.audio_steps  # type: ignore[attr-defined]
             if noise is None:  # the decoder's frame count is known only after decoding; checked again then
                 stage.check(int(frames), fps, f"the requested video ({asked})")
         if self.check_request is not None:
-            caption = max(pos.cap_feats.shape[1], 0 if neg is None else neg.cap_feats.shape[1])
             rows = batch * (2 if config.guided else 1)
             self.check_request(grid, config.combos(), rows, int(caption), asked + (" with guidance" if neg else ""))
 
         used: list[str] = []
+
+        def _step_done(k: int, combo: str) -> None:  # sample_euler calls before step k: step k - 1 is done
+            if used and callback is not None and callback(k, config.step - 1, used[-1]) is True:
+                raise Cancelled(f"sampling stopped by its callback after step {k} of {config.step - 1}")
+            if combo:
+                used.append(combo)
+
         run = policy.start() if policy is not None else None
+        sample_start = time.perf_counter()
         latents = sample_euler(
             self.velocity,
             z,
@@ -406,11 +497,13 @@ class Pipeline:
             neg,
             config,
             progress=progress,
-            callback=lambda k, t, combo: used.append(combo),
+            callback=lambda k, t, combo: _step_done(k, combo),
             patch_combos=self.patch_combos,
             item_motion=per_item,
             cache=run,
         )
+        _step_done(config.step - 1, "")
+        sampling = time.perf_counter() - sample_start
         video = None
         if decode:
             decoder = self.decoder()
@@ -420,13 +513,13 @@ class Pipeline:
         if stage is not None:
             if video is None:
                 raise InputError(f"{str(self.components_dir)!r} has no decoder: there are no frames to make sound for")
-            prompt_list = None if cap_feats is not None else ([prompt] if isinstance(prompt, str) else list(prompt))
-            waves = stage.batch(video, fps, prompt_list, seed=seed, progress=progress)
+            prompt_list = None if cap_feats is not None else list(request.prompts or [""])
+            waves = stage.batch(video, fps, prompt_list, seed=request.seed, progress=progress)
         return GenerationResult(
             latents=latents,
             frames=video,
             config=config,
-            seed=int(seed),
+            seed=int(request.seed),
             backend=self.backend,
             seconds=time.perf_counter() - start,
             steps=used,
@@ -434,4 +527,6 @@ class Pipeline:
             audio=waves,
             sample_rate=None if stage is None else int(stage.sample_rate),
             fps=None if stage is None else float(fps),
+            scale=self.default_scale,
+            sampling_seconds=sampling,
         )

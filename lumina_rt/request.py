@@ -56,7 +56,7 @@ NAMES: dict[str, tuple[str, str, str]] = {
     "prompts": ("--prompt", "prompt", "prompt"),
     "negative_prompt": ("--negative-prompt", "negative_prompt", "negative_prompt"),
     "unconditional": ("--unconditional", "unconditional", "unconditional"),
-    "caption_features": ("--caption-features", "caption_features", "caption_features"),
+    "caption_features": ("--caption-features", "cap_feats", "caption_features"),
     "frames": ("--frames", "frames", "frames"),
     "height": ("--height", "height", "height"),
     "width": ("--width", "width", "width"),
@@ -346,8 +346,8 @@ class GenerationRequest:
                 self.prompts = [""]
                 return
             raise InputError(
-                f"{self.name('prompts')} is missing: give a prompt, or {self.said('unconditional', True)} "
-                "for a video with no prompt"
+                f"{self.name('prompts')} is missing: generate needs a prompt or caption features "
+                f"({self.name('caption_features')}), or {self.said('unconditional', True)} for a video with no prompt"
             )
         if not self.prompts:
             raise InputError(f"{self.said('prompts', [])}: give at least one prompt")
@@ -395,11 +395,12 @@ class GenerationRequest:
             raise ScheduleError(f"{self.said('cache')}: choose one of {list(CACHE_LEVELS)} or a threshold >= 0")
 
     # ------------------------------------------------------------------ against the engines
-    def sample_config(self, pipeline: Any) -> SampleConfig:
-        """The recipe (preset with the request's overrides), checked against the pipeline's scales."""
+    def sample_config(self, pipeline: Any, **extra: Any) -> SampleConfig:
+        """The recipe (preset with the request's overrides, and `extra` ones: time_shift, renorm), checked against
+        the pipeline's scales."""
         try:
             return pipeline.sample_config(
-                self.preset, self.steps, self.schedule, self.cfg, self.motion, self.neg_motion
+                self.preset, self.steps, self.schedule, self.cfg, self.motion, self.neg_motion, **extra
             )
         except ScheduleError as exc:
             name = next((n for n in ("schedule", "preset") if getattr(self, n) is not None), None)
@@ -415,17 +416,22 @@ class GenerationRequest:
         f_def, h_def, w_def = pipeline.default_size or (0, 0, 0)
         return (self.frames or f_def, self.height or h_def, self.width or w_def)
 
-    def check(self, pipeline: Any, batch: int | None = None) -> tuple[SampleConfig, tuple[int, int, int]]:
+    def check(
+        self, pipeline: Any, batch: int | None = None, grid: Sequence[int] | None = None, **extra: Any
+    ) -> tuple[SampleConfig, tuple[int, int, int]]:
         """Before any work: the recipe and sizes against the pipeline's scales and served shapes (`profiles` when
-        it has engines). Returns the recipe and (frames, height, width)."""
-        config = self.sample_config(pipeline)
+        it has engines), for `batch` prompts (default: the request's). Returns the recipe and (frames, height,
+        width). With `grid` (the latent grid of given noise) the sizes are not checked here."""
+        config = self.sample_config(pipeline, **{k: v for k, v in extra.items() if v is not None})
+        if grid is not None:
+            return config, (self.frames or 0, self.height or 0, self.width or 0)
         frames, height, width = self.sizes(pipeline)
         latent = pipeline.latent
         for name, size in (("height", height), ("width", width)):
             if size % latent.spatial_factor:
                 raise InputError(
-                    f"{self.said(name, size)}: must be a multiple of {latent.spatial_factor} "
-                    f"(the latent's pixels per cell){self._served(pipeline)}"
+                    f"{self.said(name, size)} is not a multiple of the latent spatial factor {latent.spatial_factor}"
+                    f"{self._served(pipeline)}"
                 )
         grid = pipeline.latent_shape(frames, height, width)
         combos = config.combos()
@@ -456,8 +462,9 @@ class GenerationRequest:
                 n = scale_tokens(grid, *parse_patch_combo(combo))
                 if not any(n in r for r in prof.tokens):
                     raise EngineError(
-                        f"{self._sizes_said(frames, height, width)}: {n} tokens at scale {combo}, outside what the "
-                        f"engines serve (up to {prof.max_tokens}){self._served(pipeline)}"
+                        f"{self._sizes_said(frames, height, width)}: {n} tokens at scale {combo}, outside every built "
+                        f"profile of scale {combo} (up to {prof.max_tokens} tokens){self._served(pipeline)}"
+                        f"{self._rebuild(pipeline, 'size')}"
                     )
                 if rows not in prof.batch:
                     most = prof.batch.max // (2 if config.guided else 1)
@@ -490,6 +497,8 @@ class GenerationRequest:
     def _rebuild(self, pipeline: Any, what: str, inner: bool = False) -> str:
         if getattr(pipeline, "builtin", False):
             return ""
+        if what == "size":
+            return " (or rebuild the engines for that size: lumina-rt build --resolutions / --frames)"
         flag = {"batch": "--max-batch", "caption": "--max-caption"}[what]
         return f", or rebuild with a larger {flag}" if inner else f" (rebuild with a larger {flag})"
 

@@ -57,7 +57,7 @@ def test_per_prompt_motion_goes_through_the_pipeline(builtin_torch_engines):
     eng, _ = builtin_torch_engines
     rt = Runtime(eng, backend="torch")
     kw = dict(preset="single_scale", steps=4, progress=False)
-    z = rt.noise(2, 8, 32, 32, seed=0)
+    z = rt.pipeline.noise(2, 8, 32, 32, seed=0)
     both = rt.generate(["a red circle moving right"] * 2, item_motion=[0.5, 2.5], noise=z, **kw)
     slow = rt.generate(["a red circle moving right"], motion=0.5, noise=z[:1], **kw)
     fast = rt.generate(["a red circle moving right"], motion=2.5, noise=z[1:], **kw)
@@ -73,10 +73,10 @@ def test_per_prompt_motion_goes_through_the_pipeline(builtin_torch_engines):
 def test_requests_outside_the_engines_are_reported_in_the_users_terms(builtin_torch_engines):
     eng, _ = builtin_torch_engines
     rt = Runtime(eng, backend="torch")
-    with pytest.raises(EngineError, match=r"1 prompt, 8x32x1000 .* is 2000 tokens at scale 2x2, outside every built "
-                       r"profile .*up to 64 tokens; built for frames x height x width 8x32x32"):  # fmt: skip
+    with pytest.raises(EngineError, match=r"^frames=8, height=32, width=1000: 2000 tokens at scale 2x2, outside every "
+                       r"built profile .*up to 64 tokens\); served frames x height x width: 8x32x32"):  # fmt: skip
         rt.generate("a red circle", frames=8, height=32, width=1000, preset="multi_scale", progress=False)
-    with pytest.raises(EngineError, match=r"3 prompts, .*with guidance\) runs batch 6 .*at most 2 prompts with guid"):
+    with pytest.raises(EngineError, match=r"^prompt: 3 prompts; these engines take at most 2 with guidance \(rebuild with a larger --max-batch\)"):
         rt.generate(["a", "b", "c"], frames=8, height=32, width=32, progress=False)
 
 

@@ -23,7 +23,8 @@ from lumina_rt.errors import BackendUnavailableError, EngineError, InputError, S
 from lumina_rt.export.build_engines import build
 from lumina_rt.model import MultiScaleNextDiT
 from lumina_rt.parity import load_fixture, run_parity
-from lumina_rt.runtime import Runtime, make_noise
+from lumina_rt.pipeline import make_noise
+from lumina_rt.runtime import Runtime
 from lumina_rt.sampling import Conditioning, sample_euler
 from lumina_rt.tolerances import rel_err
 from tests._engine_fixtures import engines, fixture_path
@@ -65,7 +66,7 @@ def test_parity_on_generated_fixtures(name):
     _, eng, _ = engines(name)
     fx = load_fixture(fixture_path(name))
     rt = Runtime(eng)
-    rt.check_config(fx.config)
+    rt.engines.check_config(fx.config)
     results = run_parity(fx, rt.parity_target())
     assert {r.kind for r in results} == {"forward", "forward_list", "forward_with_multi_cfg", "sample_euler"}
     worst = max(results, key=lambda r: r.rel_err)
@@ -89,20 +90,20 @@ def test_cpu_fused_engines_pass_every_fixture(name):
 def test_torch_backend_from_the_same_weight_file(public):
     fx, _, eng, _ = public
     rt = Runtime(eng, backend="torch")
-    assert rt.backend_name == "torch"
+    assert rt.engines.backend_name == "torch"
     results = run_parity(fx, rt.parity_target())
     assert max(r.rel_err for r in results) <= 1e-5
 
 
 def test_backend_selection_and_overrides(public, monkeypatch):
     _, _, eng, rt = public
-    assert rt.backend_name == "onnxruntime"
+    assert rt.engines.backend_name == "onnxruntime"
     auto = Runtime(eng)  # these engines hold no measured ranking: auto takes the fixed order
     if tensorrt_engine.unavailable_reason() is not None:
-        assert "no TensorRT plans" in auto.backend_reasons["tensorrt"]
+        assert "no TensorRT plans" in auto.engines.backend_reasons["tensorrt"]
     if not torch.cuda.is_available():
-        assert auto.backend_name == "onnxruntime"
-        assert "onnxruntime-cuda" in auto.backend_reasons and "torch-triton" in auto.backend_reasons
+        assert auto.engines.backend_name == "onnxruntime"
+        assert "onnxruntime-cuda" in auto.engines.backend_reasons and "torch-triton" in auto.engines.backend_reasons
         with pytest.raises(BackendUnavailableError, match="'torch-triton' cannot run: no CUDA GPU"):
             Runtime(eng, backend="torch-triton")
     with pytest.raises(BackendUnavailableError, match="'tensorrt' cannot run"):
@@ -115,17 +116,18 @@ def test_backend_selection_and_overrides(public, monkeypatch):
 
 def test_scales_share_one_copy_of_the_weights(public):
     _, _, eng, rt = public
-    sessions = [rt.engine(c) for c in rt.patch_combos]
+    sessions = [rt.engines.engine(c) for c in rt.engines.patch_combos]
     shared = {id(e.shared) for e in sessions}
     assert len(shared) == 1
     values = sessions[0].shared._values
     per_graph = sum(len(e.external) for e in sessions)
     assert len(values) == len(set().union(*(e.external for e in sessions))) < per_graph
     lazy = Runtime(eng, scales=["1x2"])
-    assert lazy.loaded_scales == ["1x2"]
-    lazy.engine("2x4")
-    assert lazy.loaded_scales == ["1x2", "2x4"]
-    assert lazy.engine("2x4").shared is lazy.engine("1x2").shared  # scales loaded later share the same values
+    assert lazy.engines.loaded_scales == ["1x2"]
+    lazy.engines.engine("2x4")
+    assert lazy.engines.loaded_scales == ["1x2", "2x4"]
+    # scales loaded later share the same values
+    assert lazy.engines.engine("2x4").shared is lazy.engines.engine("1x2").shared
 
 
 # ------------------------------------------------------------------------------------------------ generate
@@ -141,7 +143,7 @@ def test_generate_equals_reference_sampler(public, schedule):
     )
     assert res.latents.shape == (1, 4, 4, 16, 16) and res.frames is None
     z = make_noise((1, 4, 4, 16, 16), 5)
-    assert torch.equal(z, rt.noise(1, 4, 16, 16, seed=5))
+    assert torch.equal(z, rt.pipeline.noise(1, 4, 16, 16, seed=5))
     with torch.no_grad():
         ref = sample_euler(model.velocity, z, Conditioning(cf[:1], cm[:1]), Conditioning(cf[1:], cm[1:]), res.config)
     assert rel_err(res.latents, ref) <= 1e-4
@@ -234,7 +236,7 @@ def test_generate_input_errors(with_components, public):
         rt.generate(progress=False)
     with pytest.raises(InputError, match="height=31 is not a multiple of the latent spatial factor 2"):
         rt.generate("x", frames=4, height=31, width=32, progress=False)
-    with pytest.raises(InputError, match=r"unsupported resolution: latent grid 4x10x16 for scale 2x4.*height 10"):
+    with pytest.raises(InputError, match=r"height=20: scale 2x4 of this schedule takes a multiple of 8"):
         rt.generate("x", frames=4, height=20, width=32, progress=False)
     with pytest.raises(EngineError, match="outside every built profile of scale 2x4"):
         rt.generate("x", frames=4, height=64, width=64, progress=False)
@@ -314,12 +316,12 @@ def test_manifest_from_another_version_config_or_weights(public, tmp_path):
     (d / "manifest.json").write_text(json.dumps({**m, "lumina_rt_version": "0.0.1"}))
     with pytest.raises(EngineError, match="built by lumina_rt 0.0.1"):
         Runtime(d)
-    rt.check_config(fx.config)
+    rt.engines.check_config(fx.config)
     with pytest.raises(EngineError, match=r"another model config \(dim: engines 128 vs 192"):
-        rt.check_config(load_fixture(fixture_path("dim192-3heads-1kv")).config)
-    rt.check_weights(m["model"]["weights_hash"])
+        rt.engines.check_config(load_fixture(fixture_path("dim192-3heads-1kv")).config)
+    rt.engines.check_weights(m["model"]["weights_hash"])
     with pytest.raises(EngineError, match="built from other weights"):
-        rt.check_weights("0" * 64)
+        rt.engines.check_weights("0" * 64)
     other = engines("dim192-3heads-1kv")[1]  # a weight file of other weights under this manifest
     shutil.copy(other / "weights.bin", d / "weights.bin")
     (d / "manifest.json").write_text(json.dumps(m))
@@ -333,12 +335,12 @@ def test_shapes_outside_every_profile(public):
     t, cf, cm, m = fx.get("in.t"), fx.get("in.cap_feats"), fx.get("in.cap_mask"), fx.get("in.motion")
     long_caption = torch.randn(2, 300, 48)
     with pytest.raises(EngineError, match=r"caption length 300 is outside every built profile .*1\.\.256"):
-        rt.velocity(x, t, long_caption, torch.ones(2, 300, dtype=torch.int64), m, "1x2")
+        rt.engines.velocity(x, t, long_caption, torch.ones(2, 300, dtype=torch.int64), m, "1x2")
     rep = (5, 1, 1, 1, 1)
     with pytest.raises(EngineError, match=r"batch 10 is outside every built profile of scale 2x2 \(batch 1\.\.4\)"):
-        rt.velocity(x.repeat(rep), t.repeat(5), cf.repeat(5, 1, 1), cm.repeat(5, 1), m.repeat(5), "2x2")
+        rt.engines.velocity(x.repeat(rep), t.repeat(5), cf.repeat(5, 1, 1), cm.repeat(5, 1), m.repeat(5), "2x2")
     with pytest.raises(InputError, match="unsupported resolution 8x16x18"):
-        rt.velocity(torch.randn(2, 4, 8, 16, 18), t, cf, cm, m, "2x4")
+        rt.engines.velocity(torch.randn(2, 4, 8, 16, 18), t, cf, cm, m, "2x4")
     with pytest.raises(EngineError, match=r"no engine for patch combo '3x3'"):
-        rt.velocity(x, t, cf, cm, m, "3x3")
-    assert np.isfinite(rt.velocity(x, t, cf, cm, m, "2x4").numpy()).all()
+        rt.engines.velocity(x, t, cf, cm, m, "3x3")
+    assert np.isfinite(rt.engines.velocity(x, t, cf, cm, m, "2x4").numpy()).all()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from lumina_rt.config import token_grid
 from lumina_rt.errors import InputError
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -164,8 +165,8 @@ def check_patchify(x, pf, ph, pw) -> int:
     for name, v in (("pf", pf), ("ph", ph), ("pw", pw)):
         check_positive_int(name, v)
     _, _, f, h, w = x.shape
-    f_compute = pf if f == 1 else f
-    if f_compute % pf:
+    f_compute = token_grid(f, h, w, pf, ph, pw)[0] * pf  # an image (F = 1) counts as pf frames
+    if f != 1 and f % pf:
         raise InputError(f"frames F={f} is not a multiple of pf={pf} (and not 1, an image)")
     if h % ph:
         raise InputError(f"height H={h} is not a multiple of ph={ph}")
@@ -180,8 +181,9 @@ def check_unpatchify(tokens, frames, height, width, pf, ph, pw) -> tuple[int, in
     check_float("tokens", tokens)
     for name, v in (("frames", frames), ("height", height), ("width", width), ("pf", pf), ("ph", ph), ("pw", pw)):
         check_positive_int(name, v)
-    f_compute = pf if frames == 1 else frames
-    if f_compute % pf:
+    grid = token_grid(frames, height, width, pf, ph, pw)
+    f_compute = grid[0] * pf
+    if frames != 1 and frames % pf:
         raise InputError(f"frames={frames} is not a multiple of pf={pf} (and not 1, an image)")
     if height % ph:
         raise InputError(f"height={height} is not a multiple of ph={ph}")
@@ -190,7 +192,7 @@ def check_unpatchify(tokens, frames, height, width, pf, ph, pw) -> tuple[int, in
     _, n, feat = tokens.shape
     if feat % (pf * ph * pw):
         raise InputError(f"tokens feature size {feat} is not a multiple of pf*ph*pw={pf * ph * pw}")
-    n_expected = (f_compute // pf) * (height // ph) * (width // pw)
+    n_expected = grid[0] * grid[1] * grid[2]
     if n != n_expected:
         raise InputError(
             f"tokens has N={n} tokens, but frames={frames}, height={height}, width={width} with patch "

@@ -32,6 +32,17 @@ def patch_combo_name(pf: int, p: int) -> str:
     return f"{pf}x{p}"
 
 
+def token_grid(frames: int, height: int, width: int, pf: int, p: int, pw: int | None = None) -> tuple[int, int, int]:
+    """Token grid (f, h, w) of a latent [frames, height, width] patched (pf, p, p) (or (pf, p, pw)): the one
+    token-count rule of the model, its kernels, engines and FLOP counts.
+
+    An image (frames = 1) counts as pf frames: the model repeats it to the frame patch size (and crops the output
+    back to one frame). Sizes that do not divide by their patch are the callers' to refuse; this only counts.
+    """
+    frames = pf if frames == 1 else frames
+    return frames // pf, height // p, width // (p if pw is None else pw)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Keyword arguments of the released `MultiScaleNextDiT` constructor, with the released defaults."""
@@ -169,40 +180,21 @@ RELEASED_CONSTRUCTORS: dict[str, dict[str, Any]] = {
     "MultiScaleNextDiT_4B_GQA": _4B_GQA,
 }
 
+_F24R960 = ModelConfig(**_2B_GQA, **_F24R960_ARGS)
+# Small sizes for CPU work: f24R960 (GQA, QK-norm, its three patch sizes, RoPE theta, time and motion scales),
+# narrower and shallower, on 4-channel latents and short caption features.
+_TINY = dataclasses.replace(
+    _F24R960, dim=128, n_layers=2, n_heads=4, n_kv_heads=2, multiple_of=32, in_channels=4, cap_feat_dim=48
+)
+_SMALL = dataclasses.replace(
+    _F24R960, dim=384, n_layers=6, n_heads=6, n_kv_heads=3, multiple_of=64, in_channels=4, cap_feat_dim=256
+)
+
 MODEL_SIZES: dict[str, dict[str, Any]] = {
     "2B": dict(_2B),
     "2B-GQA": dict(_2B_GQA),
     "4B-GQA": dict(_4B_GQA),
-    "f24R960": {**_2B_GQA, **_F24R960_ARGS},
-    # Small sizes for CPU work: same structure as f24R960 (GQA, QK-norm, three patch sizes).
-    "tiny": dict(
-        dim=128,
-        n_layers=2,
-        n_heads=4,
-        n_kv_heads=2,
-        multiple_of=32,
-        in_channels=4,
-        cap_feat_dim=48,
-        all_patch_size=(2, 2, 4),
-        all_f_patch_size=(1, 2, 2),
-        qk_norm=True,
-        rope_theta=256.0,
-        t_scale=1000.0,
-        motion_scale=20.0,
-    ),
-    "small": dict(
-        dim=384,
-        n_layers=6,
-        n_heads=6,
-        n_kv_heads=3,
-        multiple_of=64,
-        in_channels=4,
-        cap_feat_dim=256,
-        all_patch_size=(2, 2, 4),
-        all_f_patch_size=(1, 2, 2),
-        qk_norm=True,
-        rope_theta=256.0,
-        t_scale=1000.0,
-        motion_scale=20.0,
-    ),
+    "f24R960": _F24R960.to_kwargs(),
+    "tiny": _TINY.to_kwargs(),
+    "small": _SMALL.to_kwargs(),
 }

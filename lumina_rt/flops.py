@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from lumina_rt.config import ModelConfig
+from lumina_rt.config import ModelConfig, token_grid
 
 
 def token_count(config: ModelConfig, combo: str, frames: int, height: int, width: int) -> int:
     """Tokens of a latent [C, frames, height, width] at a patch combo (images are repeated to the frame patch)."""
-    pf, p = config.check_combo(combo)
-    f_compute = pf if frames == 1 else frames
-    return (f_compute // pf) * (height // p) * (width // p)
+    f_tokens, h_tokens, w_tokens = token_grid(frames, height, width, *config.check_combo(combo))
+    return f_tokens * h_tokens * w_tokens
 
 
 def forward_flops(config: ModelConfig, combo: str, tokens: int, cap_len: int, batch: int = 1) -> int:

@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lumina_rt import ops
-from lumina_rt.config import ModelConfig
+from lumina_rt.config import ModelConfig, token_grid
 from lumina_rt.errors import ConfigError, InputError
 
 # ------------------------------------------------------------------------------------------------
@@ -107,9 +107,9 @@ def rope_tables(
 def latent_rope_tables(
     config: ModelConfig, frames: int, height: int, width: int, pf: int, p: int, device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`rope_tables` of a latent grid [F, H, W] patched (pf, p, p); an image (F = 1) counts as pf frames."""
-    f_compute = pf if frames == 1 else frames
-    return rope_tables(f_compute // pf, height // p, width // p, config.head_dim, config.rope_theta, device)
+    """`rope_tables` of a latent grid [F, H, W] patched (pf, p, p) (`config.token_grid`: an image counts as pf
+    frames)."""
+    return rope_tables(*token_grid(frames, height, width, pf, p), config.head_dim, config.rope_theta, device)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -340,7 +340,7 @@ class MultiScaleNextDiT(nn.Module):
             return self.forward_list(x, t, cap_feats, cap_mask, motion_score, patch_size, f_patch_size)
         combo = f"{f_patch_size}x{patch_size}"
         self.config.check_combo(combo)
-        if self.check_inputs and not _tracing():
+        if self.check_inputs and not ops.tracing():
             _check_batch_inputs(self.config, x, t, cap_feats, cap_mask, motion_score, f_patch_size, patch_size)
         _, _, frames, height, width = x.shape
         cos, sin = latent_rope_tables(self.config, frames, height, width, f_patch_size, patch_size, x.device)
@@ -375,15 +375,7 @@ class MultiScaleNextDiT(nn.Module):
         all_tokens, all_cos, all_sin, sizes = [], [], [], []
         for item in x:
             _, frames, height, width = item.shape
-            f_compute = f_patch_size if frames == 1 else frames
-            cos, sin = rope_tables(
-                f_compute // f_patch_size,
-                height // patch_size,
-                width // patch_size,
-                self.config.head_dim,
-                self.config.rope_theta,
-                item.device,
-            )
+            cos, sin = latent_rope_tables(self.config, frames, height, width, f_patch_size, patch_size, item.device)
             all_tokens.append(ops.patchify(item[None], f_patch_size, patch_size, patch_size)[0])
             all_cos.append(cos)
             all_sin.append(sin)
@@ -435,32 +427,24 @@ class MultiScaleNextDiT(nn.Module):
 # ------------------------------------------------------------------------------------------------
 
 
-def _tracing() -> bool:
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
-
-
-def _check_batch_inputs(
+def check_batch_shapes(
     cfg: ModelConfig,
     x: torch.Tensor,
     t: torch.Tensor,
     cap_feats: torch.Tensor,
     cap_mask: torch.Tensor,
     motion_score: torch.Tensor,
-    pf: int,
-    p: int,
     batch: int | None = None,
     where: str = "",
 ) -> None:
+    """InputError naming the bad value unless x [B, C, F, H, W] has the model's channels and t [B], motion_score
+    [B], cap_feats [B, L, cap_feat_dim] and cap_mask [B, L] go with it (the model and the engines both check this).
+    `where` prefixes the messages (a list item: its rows are then x's, not `batch`)."""
     if x.dim() != 5:
         raise InputError(f"{where}x must be [B, C, F, H, W], got shape {tuple(x.shape)}")
-    b, c, frames, height, width = x.shape
+    b, c = x.shape[:2]
     if c != cfg.in_channels:
         raise InputError(f"{where}x has {c} channels, the model takes in_channels={cfg.in_channels}")
-    if frames != 1 and frames % pf:
-        raise InputError(f"{where}frames={frames} is not divisible by the frame patch size {pf} (combo {pf}x{p})")
-    for name, size in (("height", height), ("width", width)):
-        if size % p:
-            raise InputError(f"{where}{name}={size} is not divisible by the spatial patch size {p} (combo {pf}x{p})")
     batch = b if batch is None else batch
     rows = b if where else batch
     if t.shape != (rows,):
@@ -476,6 +460,27 @@ def _check_batch_inputs(
             f"{where}cap_mask shape {tuple(cap_mask.shape)} does not match cap_feats [B, L] "
             f"= {tuple(cap_feats.shape[:2])}"
         )
+
+
+def _check_batch_inputs(
+    cfg: ModelConfig,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    cap_feats: torch.Tensor,
+    cap_mask: torch.Tensor,
+    motion_score: torch.Tensor,
+    pf: int,
+    p: int,
+    batch: int | None = None,
+    where: str = "",
+) -> None:
+    check_batch_shapes(cfg, x, t, cap_feats, cap_mask, motion_score, batch, where)
+    frames, height, width = x.shape[2:]
+    if frames != 1 and frames % pf:
+        raise InputError(f"{where}frames={frames} is not divisible by the frame patch size {pf} (combo {pf}x{p})")
+    for name, size in (("height", height), ("width", width)):
+        if size % p:
+            raise InputError(f"{where}{name}={size} is not divisible by the spatial patch size {p} (combo {pf}x{p})")
     empty = (cap_mask != 0).sum(dim=1) == 0
     if bool(empty.any()):
         raise InputError(f"{where}caption rows {empty.nonzero().flatten().tolist()} have no unmasked token")

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
+from lumina_rt.config import token_grid
 from lumina_rt.errors import BackendUnavailableError
 from lumina_rt.kernels.attention import gated_attention_sdpa
 from lumina_rt.kernels.attention import repeat_kv as repeat_kv
@@ -94,10 +95,10 @@ def _patchify_torch(x: torch.Tensor, pf: int, ph: int, pw: int) -> torch.Tensor:
     b, c, f, h, w = x.shape
     if f == 1 and pf > 1:
         x = x.repeat(1, 1, pf, 1, 1)
-        f = pf
-    x = x.reshape(b, c, f // pf, pf, h // ph, ph, w // pw, pw)
+    ft, ht, wt = token_grid(f, h, w, pf, ph, pw)
+    x = x.reshape(b, c, ft, pf, ht, ph, wt, pw)
     x = x.permute(0, 2, 4, 6, 3, 5, 7, 1)  # b f h w pf ph pw c
-    return x.reshape(b, (f // pf) * (h // ph) * (w // pw), pf * ph * pw * c)
+    return x.reshape(b, ft * ht * wt, pf * ph * pw * c)
 
 
 def _unpatchify_torch(
@@ -105,10 +106,10 @@ def _unpatchify_torch(
 ) -> torch.Tensor:
     b, _, feat = tokens.shape
     c = feat // (pf * ph * pw)
-    f_compute = pf if frames == 1 else frames
-    x = tokens.reshape(b, f_compute // pf, height // ph, width // pw, pf, ph, pw, c)
+    grid = token_grid(frames, height, width, pf, ph, pw)
+    x = tokens.reshape(b, *grid, pf, ph, pw, c)
     x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)  # b c f pf h ph w pw
-    return x.reshape(b, c, f_compute, height, width)[:, :, :frames]
+    return x.reshape(b, c, grid[0] * pf, height, width)[:, :, :frames]
 
 
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -232,6 +233,11 @@ def replace_torch_impl(op: str, fn: Callable) -> Iterator[None]:
         yield
     finally:
         TORCH_IMPLS[op] = previous
+
+
+def tracing() -> bool:
+    """True while the model is being traced, exported to ONNX or compiled: no host syncs, no data-dependent checks."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
 
 
 def _impl(op: str, like: torch.Tensor) -> Callable:

@@ -28,7 +28,7 @@ from lumina_rt.engines.manifest import read_manifest, validate_manifest, verify_
 from lumina_rt.engines.profiles import ScaleProfile, scale_tokens
 from lumina_rt.engines.weights import WeightStore
 from lumina_rt.errors import BackendUnavailableError, ConfigError, EngineError, InputError
-from lumina_rt.model import latent_rope_tables
+from lumina_rt.model import check_batch_shapes, latent_rope_tables
 
 logger = logging.getLogger(__name__)
 
@@ -264,17 +264,8 @@ class EngineSet:
         """Checked engine inputs for `velocity`: (tokens [B, N, pf*p*p*C] fp32, cos, sin [N, Dh/2], profile index)."""
         self._scale(combo)
         pf, p = parse_patch_combo(combo)
-        if x.dim() != 5:
-            raise InputError(f"x must be [B, C, F, H, W], got shape {tuple(x.shape)}")
-        b, c, frames, height, width = x.shape
-        if c != self.config.in_channels:
-            raise InputError(f"x has {c} channels, the engines take in_channels={self.config.in_channels}")
-        if cap_feats.dim() != 3 or cap_feats.shape[0] != b or cap_feats.shape[2] != self.config.cap_feat_dim:
-            raise InputError(f"cap_feats must be [{b}, L, {self.config.cap_feat_dim}], got {tuple(cap_feats.shape)}")
-        if tuple(cap_mask.shape) != tuple(cap_feats.shape[:2]):
-            raise InputError(f"cap_mask shape {tuple(cap_mask.shape)} does not match cap_feats [B, L]")
-        if tuple(t.shape) != (b,) or tuple(motion.shape) != (b,):
-            raise InputError(f"t and motion must have shape ({b},), got {tuple(t.shape)} and {tuple(motion.shape)}")
+        check_batch_shapes(self.config, x, t, cap_feats, cap_mask, motion)
+        b, _, frames, height, width = x.shape
         try:
             n = scale_tokens((frames, height, width), pf, p)
         except InputError as exc:

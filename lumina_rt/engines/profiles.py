@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lumina_rt.components import LatentSpec
-from lumina_rt.config import ModelConfig, parse_patch_combo
+from lumina_rt.config import ModelConfig, parse_patch_combo, token_grid
 from lumina_rt.errors import ConfigError, EngineError, InputError
 
 DEFAULT_RESOLUTIONS = ((960, 960),)
@@ -133,13 +133,13 @@ def token_features(config: ModelConfig, combo: str) -> int:
 def scale_tokens(latent: tuple[int, int, int], pf: int, p: int) -> int:
     """Token count of a latent grid (f, h, w) at patch (pf, p); InputError when the grid does not divide."""
     f, h, w = latent
-    f_compute = pf if f == 1 else f
-    if f_compute % pf:
+    if f != 1 and f % pf:
         raise InputError(f"latent frames {f} are not a multiple of the frame patch {pf} (combo {pf}x{p})")
     for name, size in (("height", h), ("width", w)):
         if size % p:
             raise InputError(f"latent {name} {size} is not a multiple of the spatial patch {p} (combo {pf}x{p})")
-    return (f_compute // pf) * (h // p) * (w // p)
+    f_tokens, h_tokens, w_tokens = token_grid(f, h, w, pf, p)
+    return f_tokens * h_tokens * w_tokens
 
 
 @dataclass(frozen=True)

@@ -315,7 +315,7 @@ class V2AModel(nn.Module):
         0: the "no video" condition).
         """
         cfg = self.config
-        if self.check_inputs and not _tracing():
+        if self.check_inputs and not ops.tracing():
             check_velocity_inputs(cfg, z, t, frames, cap_feats, cap_mask, video_keep)
         b, _, t_lat, m_lat = z.shape
         n_frames = frames.shape[2]
@@ -348,10 +348,6 @@ class V2AModel(nn.Module):
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-
-def _tracing() -> bool:
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
 
 
 def check_velocity_inputs(

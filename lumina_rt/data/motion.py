@@ -40,12 +40,6 @@ def palette_labels(frames: torch.Tensor) -> torch.Tensor:
     return torch.minimum(diff, 360 - diff).argmin(-1)
 
 
-def nearest_colour(rgb: torch.Tensor) -> str:
-    """Palette colour whose hue is nearest to the mean RGB [3]."""
-    h = float(_hue(rgb))
-    return min(_PALETTE_HUES, key=lambda n: min(abs(h - _PALETTE_HUES[n]), 360 - abs(h - _PALETTE_HUES[n])))
-
-
 @dataclass
 class FrameAnalysis:
     present: bool

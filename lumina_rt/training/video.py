@@ -161,7 +161,10 @@ class TrainConfig:
         if not path.is_file():
             raise ConfigError(f"training config {str(path)!r} does not exist")
         if path.suffix == ".toml":
-            import tomllib
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10: tomli, the same parser (a dependency there, pyproject.toml)
+                import tomli as tomllib
 
             raw = tomllib.loads(path.read_text())
         else:

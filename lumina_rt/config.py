@@ -6,12 +6,37 @@ is always a sampling recipe (`lumina_rt.sampling.SAMPLE_PRESETS`), never a model
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from lumina_rt.errors import ConfigError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+D = TypeVar("D", bound="DataclassInstance")
+
+
+def strict_fields(cls: type[D], raw: Any, where: str, error: type[Exception] = ConfigError, **fixed: Any) -> D:
+    """`cls(**raw, **fixed)` for a dataclass `cls`, refusing what it would not take: `error` names `where` and the
+    unknown keys (with those accepted), or the missing ones, or says `raw` is not an object. `fixed`: fields the caller
+    sets, not accepted from `raw`. The values are deep copies (the result shares no list with `raw`)."""
+    if not isinstance(raw, dict):
+        raise error(f"{where} must be an object of settings, got {raw!r}")
+    fields = [f for f in dataclasses.fields(cls) if f.init and f.name not in fixed]
+    accepted = sorted(f.name for f in fields)
+    unknown = sorted(set(raw) - set(accepted))
+    if unknown:
+        raise error(f"unknown {where} keys {unknown}; accepted: {accepted}")
+    no_default = dataclasses.MISSING
+    missing = [f.name for f in fields if f.default is no_default and f.default_factory is no_default]
+    missing = sorted(set(missing) - set(raw))
+    if missing:
+        raise error(f"{where} lacks {missing}")
+    return cls(**copy.deepcopy(raw), **fixed)
 
 
 def parse_patch_combo(combo: str) -> tuple[int, int]:
@@ -134,13 +159,10 @@ class ModelConfig:
 
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any], name: str = "custom") -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(kwargs) - known)
-        if unknown:
-            raise ConfigError(f"unknown model config keys {unknown}; accepted: {sorted(known - {'name'})}")
-        kw = dict(kwargs)
-        kw.setdefault("name", name)
-        return cls(**kw)
+        """A config from constructor keywords (ConfigError naming unknown ones); `name` unless kwargs has one."""
+        if isinstance(kwargs, dict) and "name" not in kwargs:
+            kwargs = {**kwargs, "name": name}
+        return strict_fields(cls, kwargs, "model config")
 
     def to_json(self) -> str:
         return json.dumps(self.to_kwargs(), indent=2, sort_keys=True)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm.auto import tqdm
 
-from lumina_rt.config import parse_patch_combo
+from lumina_rt.config import parse_patch_combo, strict_fields
 
 if TYPE_CHECKING:
     from lumina_rt.caching import CacheRun
@@ -151,11 +151,8 @@ class SampleConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SampleConfig:
-        known = {"name", "P", "step", "ts", "renorm", "cfg", "motion", "negMotion"}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ScheduleError(f"unknown sample config keys {unknown}; accepted: {sorted(known)}")
-        return cls(**d)
+        """A recipe from its fields (`to_dict`'s); ScheduleError naming unknown keys."""
+        return strict_fields(cls, d, "sample config", ScheduleError)
 
     @classmethod
     def from_name(cls, name: str) -> SampleConfig:

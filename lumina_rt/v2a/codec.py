@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from lumina_rt.config import strict_fields
 from lumina_rt.errors import CheckpointError, ConfigError, InputError
 
 LOG_FLOOR = 1e-3  # log-mel floor: log(mel + LOG_FLOOR), about -60 dB below a full-scale tone's mel peak
@@ -73,11 +74,7 @@ class AudioSpec:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> AudioSpec:
-        accepted = set(cls.__dataclass_fields__)
-        bad = sorted(set(raw) - accepted)
-        if bad:
-            raise ConfigError(f"unknown AudioSpec keys {bad}; accepted: {sorted(accepted)}")
-        return cls(**raw)
+        return strict_fields(cls, raw, "AudioSpec")
 
 
 # ------------------------------------------------------------------------------------------------

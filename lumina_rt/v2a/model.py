@@ -39,6 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lumina_rt import ops
+from lumina_rt.config import strict_fields
 from lumina_rt.errors import ConfigError, InputError
 from lumina_rt.model import Attention, FeedForward, RMSNorm, TimestepEmbedder, rope_tables
 
@@ -129,11 +130,8 @@ class V2AConfig:
 
     @classmethod
     def from_kwargs(cls, raw: dict[str, Any], name: str = "custom") -> V2AConfig:
-        accepted = {f.name for f in dataclasses.fields(cls)} - {"name"}
-        bad = sorted(set(raw) - accepted)
-        if bad:
-            raise ConfigError(f"unknown V2A model keys {bad}; accepted: {sorted(accepted)}")
-        return cls(**raw, name=name)
+        """A config from its keywords (`to_kwargs`'s); ConfigError naming unknown ones."""
+        return strict_fields(cls, raw, "V2A model", name=name)
 
 
 # ------------------------------------------------------------------------------------------------

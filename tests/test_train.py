@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import lumina_rt.training.core as C
 import lumina_rt.training.video as T
 from lumina_rt import ops
 from lumina_rt.checkpoint import load_model
@@ -101,14 +102,14 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path):
     cfg = tiny_config(ema=0.9)
     full = T.train(cfg, tmp_path / "full", resume=False, progress=False)
     part = T.train(cfg, tmp_path / "part", resume=False, stop_after=3, progress=False)
-    assert part["step"] == 3 and T.latest_checkpoint(tmp_path / "part").name == "step-0000003"
+    assert part["step"] == 3 and C.latest_checkpoint(tmp_path / "part").name == "step-0000003"
     resumed = T.train(cfg, tmp_path / "part", resume=True, progress=False)
     assert resumed["step"] == full["step"] == 6
-    a = load_file(str(T.latest_checkpoint(tmp_path / "full") / "model.safetensors"))
-    b = load_file(str(T.latest_checkpoint(tmp_path / "part") / "model.safetensors"))
+    a = load_file(str(C.latest_checkpoint(tmp_path / "full") / "model.safetensors"))
+    b = load_file(str(C.latest_checkpoint(tmp_path / "part") / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    ea = load_file(str(T.latest_checkpoint(tmp_path / "full") / "ema.safetensors"))
-    eb = load_file(str(T.latest_checkpoint(tmp_path / "part") / "ema.safetensors"))
+    ea = load_file(str(C.latest_checkpoint(tmp_path / "full") / "ema.safetensors"))
+    eb = load_file(str(C.latest_checkpoint(tmp_path / "part") / "ema.safetensors"))
     assert all(torch.equal(ea[k], eb[k]) for k in ea)
     assert full["log"].read_text().count("\n") == resumed["log"].read_text().count("\n")
 
@@ -118,7 +119,7 @@ def test_checkpoints_are_atomic_native_and_skip_partial_writes(tmp_path):
     T.train(cfg, tmp_path, resume=False, stop_after=3, progress=False)
     # a crash while writing the next checkpoint leaves only a hidden temp folder: resume ignores it
     (tmp_path / "checkpoints" / ".step-0000006.tmp").mkdir()
-    latest = T.latest_checkpoint(tmp_path)
+    latest = C.latest_checkpoint(tmp_path)
     assert latest.name == "step-0000003"
     assert {"config.json", "model.safetensors", "optimizer.pt", "trainer_state.json"} <= {
         p.name for p in latest.iterdir()
@@ -140,7 +141,7 @@ def test_algorithm1_gradients_reach_every_patch_size(tmp_path):
     cfg = tiny_config(image_batch_size=0, ckpt_every=1)
     cfg["stages"] = [dict(iters=1, size=16, frames=4, frame_stride=2)]
     T.train(cfg, tmp_path, resume=False, progress=False)
-    sd = load_file(str(T.latest_checkpoint(tmp_path) / "model.safetensors"))
+    sd = load_file(str(C.latest_checkpoint(tmp_path) / "model.safetensors"))
     for key in ("4-2", "8-2", "8-4"):  # final layers start at zero: only a trained patch size moves
         assert float(sd[f"all_final_layer.{key}.linear.weight"].abs().sum()) > 0, key
 
@@ -159,17 +160,17 @@ def test_each_patch_size_has_its_own_time_shift(recorded):
 
 def test_learning_rate_warmup_and_cosine_decay():
     tc = T.TrainConfig.from_dict(tiny_config(lr=1e-3, warmup=10, lr_decay_start=50, lr_min_ratio=0.1)).train
-    assert T.learning_rate(tc, 0, 100) == pytest.approx(1e-4)
-    assert T.learning_rate(tc, 9, 100) == T.learning_rate(tc, 50, 100) == pytest.approx(1e-3)
-    assert T.learning_rate(tc, 99, 100) == pytest.approx(1e-4)
-    assert T.learning_rate(tc, 50, 100) > T.learning_rate(tc, 75, 100) > T.learning_rate(tc, 99, 100)
+    assert C.learning_rate(tc, 0, 100) == pytest.approx(1e-4)
+    assert C.learning_rate(tc, 9, 100) == C.learning_rate(tc, 50, 100) == pytest.approx(1e-3)
+    assert C.learning_rate(tc, 99, 100) == pytest.approx(1e-4)
+    assert C.learning_rate(tc, 50, 100) > C.learning_rate(tc, 75, 100) > C.learning_rate(tc, 99, 100)
 
 
 def test_time_shift_matches_the_sampler():
     from lumina_rt.sampling import time_grid
 
     t = torch.linspace(0, 1, 11)
-    assert torch.allclose(T.shift_time(t, 3.0), time_grid(11, 3.0))
+    assert torch.allclose(C.shift_time(t, 3.0), time_grid(11, 3.0))
 
 
 def test_motion_condition_dropped_with_p04(recorded):
@@ -222,7 +223,7 @@ def test_gradient_clipping(recorded):
 def test_ema_weights_are_exported(recorded):
     export = recorded["res"]["export"]
     run = recorded["res"]["out"]
-    ckpt = T.latest_checkpoint(run)
+    ckpt = C.latest_checkpoint(run)
     exported = load_file(str(export / "model.safetensors"))
     ema = load_file(str(ckpt / "ema.safetensors"))
     raw = load_file(str(ckpt / "model.safetensors"))
@@ -236,13 +237,13 @@ def test_ema_weights_are_exported(recorded):
 def test_flow_matching_loss_and_cosine_term():
     gen = torch.Generator().manual_seed(0)
     x1 = torch.randn(4, 3, 2, 8, 8, generator=gen)
-    xt, t, target = T.flow_matching_inputs(x1, 1.0, "uniform", torch.Generator().manual_seed(1))
+    xt, t, target = C.flow_matching_inputs(x1, 1.0, "uniform", torch.Generator().manual_seed(1))
     x0 = x1 - target
     assert torch.allclose(xt, t.view(4, 1, 1, 1, 1) * x1 + (1 - t.view(4, 1, 1, 1, 1)) * x0, atol=1e-6)
-    assert float(T.flow_matching_loss(target, target, vd_weight=0.5)) < 1e-6
+    assert float(C.flow_matching_loss(target, target, vd_weight=0.5)) < 1e-6
     mse = float(((2 * target) ** 2).mean())
-    assert abs(float(T.flow_matching_loss(-target, target, 0.0)) - mse) < 1e-4
-    assert abs(float(T.flow_matching_loss(-target, target, 0.5)) - (mse + 1.0)) < 1e-4  # 0.5 * (1 - (-1))
+    assert abs(float(C.flow_matching_loss(-target, target, 0.0)) - mse) < 1e-4
+    assert abs(float(C.flow_matching_loss(-target, target, 0.5)) - (mse + 1.0)) < 1e-4  # 0.5 * (1 - (-1))
 
 
 def test_pca_latent_fits_round_trips_and_trains(tmp_path):
@@ -304,7 +305,7 @@ def test_bf16_autocast_runs_linears_in_bf16_attention_in_fp32(tmp_path, monkeypa
     res = T.train(cfg, tmp_path / "bf16", resume=False, progress=False)
     assert {s[1] for s in seen if s[0] == "linear"} == {torch.bfloat16}
     assert {d for s in seen if s[0] == "sdpa" for d in s[1:]} == {torch.float32}
-    weights = load_file(str(T.latest_checkpoint(tmp_path / "bf16") / "model.safetensors"))
+    weights = load_file(str(C.latest_checkpoint(tmp_path / "bf16") / "model.safetensors"))
     assert {w.dtype for w in weights.values()} == {torch.float32}
     a = logged_losses(ref)
     b = logged_losses(res)

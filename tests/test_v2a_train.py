@@ -7,10 +7,10 @@ import torch
 from safetensors.torch import load_file
 
 from lumina_rt.errors import ConfigError
-from lumina_rt.training.video import flow_matching_inputs, flow_matching_loss
+from lumina_rt.training.core import flow_matching_inputs, flow_matching_loss, step_generator
 from lumina_rt.v2a.codec import log_mel
 from lumina_rt.v2a.pipeline import V2APipeline
-from lumina_rt.v2a.train import V2ATrainConfig, batch_shape, setup, step_generator, train_step, train_v2a
+from lumina_rt.v2a.train import V2ATrainConfig, batch_shape, setup, train_step, train_v2a
 
 
 def tiny_config(iters: int, **train) -> dict:

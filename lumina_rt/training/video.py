@@ -15,75 +15,57 @@ Recipe (see docs/training.md):
 - AdamW, gradient clipping, optional EMA, linear warm-up; atomic, resumable checkpoints (native layout);
   a JSON-lines log and a progress bar.
 
-Every random draw of step k comes from generators seeded by (seed, k), so an interrupted and resumed run ends
-with exactly the weights of an uninterrupted one.
+What the V2A trainer shares (the `train` section, flow matching, dropout, per-step generators, optimizer step, EMA,
+checkpoints, resume and the step loop) is `lumina_rt.training.core`; this module is the video recipe. Every random
+draw of step k comes from generators seeded by (seed, k), so an interrupted and resumed run ends with exactly the
+weights of an uninterrupted one.
 
 Layout: `TrainConfig` (the config, validated in one place) -> `setup` (model, encoder, data, optimizer, latent)
--> `resume_from_latest` -> `train_step` per iteration (+ log, checkpoint) -> `export_model`; `train` drives them.
+-> `resume_from_latest` -> `train_step` per iteration -> `export_model`; `train` drives them through
+`core.run_steps` (log, checkpoints).
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
-import math
 import shutil
-import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
-from lumina_rt.checkpoint import NATIVE_WEIGHTS, save_native
-from lumina_rt.config import ModelConfig
-from lumina_rt.errors import CheckpointError, ConfigError
-from lumina_rt.files import atomic_path, atomic_write
+from lumina_rt.checkpoint import save_native
+from lumina_rt.config import ModelConfig, strict_fields
+from lumina_rt.errors import ConfigError
 from lumina_rt.model import MultiScaleNextDiT
-from lumina_rt.sampling import pad_caption_tokens, shift_time
+from lumina_rt.sampling import pad_caption_tokens
+from lumina_rt.training.core import (
+    StepResult,
+    TrainSettings,
+    adamw,
+    drop_conditions,
+    flow_matching_inputs,
+    flow_matching_loss,
+    new_ema,
+    optimizer_step,
+    resume_from_checkpoint,
+    run_steps,
+    set_learning_rate,
+    set_threads,
+    step_generator,
+)
 
 logger = logging.getLogger(__name__)
 
 CAPTION_BUCKET = 8  # compiled stages pad caption tokens to a multiple of this (eager stages: 1, no padding)
+RANDOM_STREAM = 1  # this trainer's stream of per-step random draws (core.step_generator)
 
 
 # ------------------------------------------------------------------------------------------------
-# Config: one dataclass per section, validated in `TrainConfig.from_dict`
+# Config: one dataclass per section (`train`: core.TrainSettings), validated in `TrainConfig.from_dict`
 # ------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class TrainSettings:
-    """The `train` section."""
-
-    seed: int = 0
-    batch_size: int = 8  # videos per iteration (every patch size sees the same clips, fresh noise and times)
-    image_batch_size: int = 8  # images per iteration (finest patch only); 0 disables joint training
-    lr: float = 2e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    weight_decay: float = 0.0
-    warmup: int = 0
-    lr_decay_start: int | None = None  # step from which lr follows a cosine down to lr_min_ratio * lr at the end
-    lr_min_ratio: float = 0.1
-    grad_clip: float = 2.0
-    ema: float = 0.0  # EMA decay; 0 disables
-    vd_weight: float = 0.0  # released optional cosine term
-    autocast: str = "none"  # "bf16": CPU mixed precision (bf16 linear layers, fp32 weights, attention and loss)
-    compile: bool = False  # torch.compile (inductor) the model's forward and backward; a stage's "compile" overrides
-    motion_drop: float = 0.4
-    caption_drop: float = 0.1
-    time_sampling: str = "logit-normal"  # or "uniform"
-    shifts: dict[str, float] = field(default_factory=dict)  # combo -> time shift; "image"; default: task_shifts
-    multiscale: bool = True  # Algorithm 1: all patch sizes every iteration (False: finest only, for ablation)
-    log_every: int = 10
-    ckpt_every: int = 100
-    keep_checkpoints: int = 2
-    threads: int = 2
-    text_seed: int = 0
 
 
 @dataclass
@@ -107,7 +89,7 @@ class LatentSettings:
 
 
 @dataclass
-class Stage:
+class TrainStage:
     """One entry of `stages`: `iters` iterations at `size` x `size` pixels, `frames` frames every `frame_stride`."""
 
     iters: int
@@ -116,17 +98,6 @@ class Stage:
     frame_stride: int = 1
     name: str = ""  # default: "stage<i>"
     compile: bool | None = None  # default: the train section's
-
-
-def _section(cls: type, raw: Any, where: str) -> Any:
-    """`cls(**raw)`, refusing a non-object section and naming unknown keys."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where} must be an object of settings, got {raw!r}")
-    accepted = [f.name for f in fields(cls)]
-    bad = sorted(set(raw) - set(accepted))
-    if bad:
-        raise ConfigError(f"unknown {where} keys {bad}; accepted: {sorted(accepted)}")
-    return cls(**copy.deepcopy(raw))
 
 
 def _choice(where: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -142,7 +113,7 @@ class TrainConfig:
     train: TrainSettings
     data: DataSettings
     latent: LatentSettings
-    stages: list[Stage]
+    stages: list[TrainStage]
     output: str | None = None
     export: str | None = None
 
@@ -180,9 +151,9 @@ class TrainConfig:
         unknown = sorted(set(raw) - set(cls.SECTIONS))
         if unknown:
             raise ConfigError(f"unknown training config sections {unknown}")
-        train = _section(TrainSettings, raw.get("train", {}), "train")
-        data = _section(DataSettings, raw.get("data", {}), "data")
-        latent = _section(LatentSettings, raw.get("latent", {}), "latent")
+        train = strict_fields(TrainSettings, raw.get("train", {}), "train")
+        data = strict_fields(DataSettings, raw.get("data", {}), "data")
+        latent = strict_fields(LatentSettings, raw.get("latent", {}), "latent")
         _choice("latent kind", latent.kind, ("pixels", "pca"))
         _choice("autocast", train.autocast, ("none", "bf16"))
         _choice("time_sampling", train.time_sampling, ("logit-normal", "uniform"))
@@ -190,11 +161,7 @@ class TrainConfig:
             raise ConfigError(f"train: compile must be true or false, got {train.compile!r}")
         stages = []
         for i, entry in enumerate(raw.get("stages") or [dict(iters=100, size=32, frames=8, frame_stride=1)]):
-            if isinstance(entry, dict):
-                missing = {"iters", "size", "frames"} - set(entry)
-                if missing:
-                    raise ConfigError(f"stage {i} lacks {sorted(missing)}")
-            st = _section(Stage, entry, f"stage {i}")
+            st = strict_fields(TrainStage, entry, f"stage {i}")
             for key in ("iters", "size", "frames", "frame_stride"):
                 value = getattr(st, key)
                 if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -221,7 +188,7 @@ class TrainConfig:
     def total_iters(self) -> int:
         return sum(int(s.iters) for s in self.stages)
 
-    def stage_at(self, step: int) -> tuple[int, Stage]:
+    def stage_at(self, step: int) -> tuple[int, TrainStage]:
         """(index, stage) that training step `step` belongs to (the last stage after the end)."""
         acc = 0
         for i, st in enumerate(self.stages):
@@ -254,99 +221,8 @@ def finest_combo(model_cfg: ModelConfig) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
-# Loss and time sampling
-# ------------------------------------------------------------------------------------------------
-
-
-def sample_times(n: int, shift: float, mode: str, gen: torch.Generator) -> torch.Tensor:
-    base = torch.sigmoid(torch.randn(n, generator=gen)) if mode == "logit-normal" else torch.rand(n, generator=gen)
-    return shift_time(base, shift)
-
-
-def flow_matching_loss(pred: torch.Tensor, target: torch.Tensor, vd_weight: float = 0.0) -> torch.Tensor:
-    """Velocity MSE, plus `vd_weight * (1 - cosine similarity over the channel axis)` when vd_weight > 0."""
-    loss = F.mse_loss(pred.float(), target.float())
-    if vd_weight > 0:
-        loss = loss + vd_weight * (1 - F.cosine_similarity(pred.float(), target.float(), dim=1)).mean()
-    return loss
-
-
-def flow_matching_inputs(
-    x1: torch.Tensor, shift: float, mode: str, gen: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(x_t, t, target velocity) for data x1 [B, C, F, H, W]."""
-    b = x1.shape[0]
-    t = sample_times(b, shift, mode, gen)
-    x0 = torch.randn(x1.shape, generator=gen)
-    tt = t.view(b, *([1] * (x1.dim() - 1)))
-    return tt * x1 + (1 - tt) * x0, t, x1 - x0
-
-
-def drop_conditions(
-    captions: list[str], motion: torch.Tensor, caption_p: float, motion_p: float, gen: torch.Generator
-) -> tuple[list[str], torch.Tensor]:
-    """Caption dropout (caption -> "", the system prompt stays) and motion dropout (score -> -1)."""
-    n = len(captions)
-    drop_cap = torch.rand(n, generator=gen) < caption_p
-    drop_motion = torch.rand(n, generator=gen) < motion_p
-    caps = ["" if d else c for c, d in zip(captions, drop_cap.tolist())]
-    return caps, torch.where(drop_motion, torch.full_like(motion, -1.0), motion)
-
-
-# ------------------------------------------------------------------------------------------------
-# Checkpoints
-# ------------------------------------------------------------------------------------------------
-
-
-def save_checkpoint(out: Path, step: int, model, opt, ema: dict[str, torch.Tensor] | None, extra: dict) -> Path:
-    """Write checkpoints/step-N (native layout + optimizer + EMA + trainer state) atomically, then `latest`."""
-    root = out / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step:07d}"
-    with atomic_path(final, directory=True) as tmp:
-        save_native(tmp, model.config, model.state_dict())
-        torch.save(opt.state_dict(), tmp / "optimizer.pt")
-        if ema is not None:
-            save_file({k: v.contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **extra}, indent=1))
-    atomic_write(root / "latest", final.name)
-    return final
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    pointer = out / "checkpoints" / "latest"
-    if not pointer.is_file():
-        return None
-    path = out / "checkpoints" / pointer.read_text().strip()
-    if not (path / "trainer_state.json").is_file():
-        raise CheckpointError(f"{str(pointer)!r} names {str(path)!r}, which is not a complete checkpoint")
-    return path
-
-
-def prune_checkpoints(out: Path, keep: int) -> None:
-    """Delete all but the newest `keep` checkpoints under out/checkpoints."""
-    ckpts = sorted((out / "checkpoints").glob("step-*"))
-    for old in ckpts[: max(0, len(ckpts) - keep)]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-# ------------------------------------------------------------------------------------------------
 # Trainer
 # ------------------------------------------------------------------------------------------------
-
-
-def _step_generator(seed: int, step: int, salt: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 97 + salt)
-
-
-def learning_rate(tc: TrainSettings, step: int, total: int) -> float:
-    """Linear warm-up, constant, then (from `lr_decay_start`) a cosine down to `lr_min_ratio` * lr."""
-    lr = tc.lr * min(1.0, (step + 1) / tc.warmup) if tc.warmup else tc.lr
-    start = tc.lr_decay_start
-    if start is not None and step >= start and total > start:
-        frac = (step - start) / max(1, total - 1 - start)
-        lr = lr * (tc.lr_min_ratio + (1 - tc.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
-    return lr
 
 
 def pad_captions(feats: torch.Tensor, mask: torch.Tensor, multiple: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -401,10 +277,8 @@ def setup(cfg: TrainConfig, out: Path, resume: bool) -> TrainRun:
         seed=int(cfg.data.seed), sources=tuple(cfg.data.sources), hold_out=bool(cfg.data.hold_out)
     )
     # fused: one kernel over all parameters (1.2 vs 4.5 ms per step for the built-in model, same update math)
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay, fused=True
-    )
-    ema = {k: v.detach().clone() for k, v in model.state_dict().items()} if tc.ema > 0 else None
+    opt = adamw(model, tc, fused=True)
+    ema = new_ema(model, tc.ema)
     autoencoder = None
     if cfg.latent.kind == "pca":
         if resume and (out / AE_WEIGHTS).is_file():
@@ -420,26 +294,12 @@ def setup(cfg: TrainConfig, out: Path, resume: bool) -> TrainRun:
 
 
 def resume_from_latest(run: TrainRun, enabled: bool = True) -> None:
-    """Continue from the run's latest checkpoint (weights, optimizer, EMA, step, log up to that step), or start a
-    fresh log; then record the filled-in config (train_config.json) and the autoencoder."""
+    """Continue from the run's latest checkpoint (`core.resume_from_checkpoint`: weights, optimizer, EMA, step, log up
+    to that step), or start a fresh log; then record the filled-in config (train_config.json) and the autoencoder."""
     from lumina_rt.builtin import AE_WEIGHTS
 
-    out, log_path = run.out, run.log_path
-    latest = latest_checkpoint(out) if enabled else None
-    if latest is not None:
-        state = json.loads((latest / "trainer_state.json").read_text())
-        run.step = int(state["step"])
-        run.elapsed_before = float(state.get("elapsed_s", 0.0))
-        run.model.load_state_dict(load_file(str(latest / NATIVE_WEIGHTS)), strict=True)
-        run.opt.load_state_dict(torch.load(latest / "optimizer.pt", weights_only=True))
-        if run.ema is not None:
-            run.ema = load_file(str(latest / "ema.safetensors"))
-        if log_path.is_file():  # drop log lines written after the checkpoint
-            keep = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= run.step]
-            log_path.write_text("".join(ln + "\n" for ln in keep))
-        logger.info("resumed from %s at step %d", latest, run.step)
-    elif log_path.exists():
-        log_path.unlink()
+    out = run.out
+    resume_from_checkpoint(run, enabled)
     (out / "train_config.json").write_text(
         json.dumps({**run.cfg.to_dict(), "shifts_used": run.shifts}, indent=1, default=str)
     )
@@ -458,10 +318,8 @@ def train_step(run: TrainRun, forward, bucket: int, autocast) -> tuple[dict[str,
     combos = run.combos()
     n_tasks = len(combos) + (1 if tc.image_batch_size > 0 else 0)
     _, stage = cfg.stage_at(step)
-    lr = learning_rate(tc, step, cfg.total_iters)
-    for group in run.opt.param_groups:
-        group["lr"] = lr
-    gen = _step_generator(int(tc.seed), step, 1)
+    lr = set_learning_rate(run.opt, tc, step, cfg.total_iters)
+    gen = step_generator(int(tc.seed), step, RANDOM_STREAM)
     batch = run.dataset.video_batch(step, tc.batch_size, stage.size, stage.frames, stage.frame_stride)
     caps, motion = drop_conditions(batch.captions, batch.motion, tc.caption_drop, tc.motion_drop, gen)
     feats, mask = pad_captions(*run.encoder.encode(caps, [SYSTEM_PROMPTS[s] for s in batch.sources]), bucket)
@@ -487,14 +345,7 @@ def train_step(run: TrainRun, forward, bucket: int, autocast) -> tuple[dict[str,
         loss = flow_matching_loss(pred, target, tc.vd_weight)
         (loss / n_tasks).backward()
         losses["image"] = loss.item()
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(run.model.parameters(), tc.grad_clip))
-    run.opt.step()
-    if run.ema is not None:
-        decay = min(tc.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for k, v in run.model.state_dict().items():
-                run.ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
-    return losses, grad_norm, lr
+    return losses, optimizer_step(run, tc), lr
 
 
 def export_model(run: TrainRun, export: str | Path) -> Path:
@@ -541,46 +392,23 @@ def train(
     tc = cfg.train
     out = Path(out_dir or cfg.output or "runs/train")
     out.mkdir(parents=True, exist_ok=True)
-    if threads or tc.threads:
-        torch.set_num_threads(int(threads or tc.threads))
+    set_threads(tc, threads)
     run = setup(cfg, out, resume)
     resume_from_latest(run, resume)
     total = cfg.total_iters
     end = total if stop_after is None else min(total, int(stop_after))
-    bar = tqdm(total=total, initial=run.step, desc="train", unit="it", disable=not progress, dynamic_ncols=True)
-    t_start = time.time()
-    running: dict[str, float] = {}
     # bf16 mixed precision: the linear layers run in bf16 (~1.5x faster steps on a CPU with AVX-512 BF16),
     # weights, optimizer state, attention (see model._attention) and losses stay float32.
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc.autocast == "bf16")
     compiled = _compiled_forward(run)
-    while run.step < end:
+
+    def step() -> StepResult:
         stage_i, stage = cfg.stage_at(run.step)
         forward, bucket = (compiled, CAPTION_BUCKET) if stage.compile else (run.model, 1)
         losses, grad_norm, lr = train_step(run, forward, bucket, autocast)
-        run.step += 1
-        step = run.step
-        for k, v in losses.items():
-            running[k] = running.get(k, 0.0) + v
-        running["_n"] = running.get("_n", 0.0) + 1
-        bar.update(1)
-        bar.set_postfix(stage=stage.name, loss=f"{sum(losses.values()) / len(losses):.4f}")
-        if step % tc.log_every == 0 or step == end:
-            n = running.pop("_n")
-            rec = {"step": step, "stage": stage.name, "lr": lr, "grad_norm": round(grad_norm, 4)}
-            rec.update({f"loss/{k}": round(v / n, 5) for k, v in running.items()})
-            rec["loss"] = round(sum(v / n for v in running.values()) / len(running), 5)
-            rec["elapsed_s"] = round(run.elapsed_before + time.time() - t_start, 1)
-            with open(run.log_path, "a") as fh:
-                fh.write(json.dumps(rec) + "\n")
-            logger.debug("%s", rec)
-            running = {}
-        if step % tc.ckpt_every == 0 or step == end:
-            elapsed = round(run.elapsed_before + time.time() - t_start, 1)
-            extra = {"stage": stage_i, "total": total, "elapsed_s": elapsed}
-            save_checkpoint(out, step, run.model, run.opt, run.ema, extra)
-            prune_checkpoints(out, tc.keep_checkpoints)
-    bar.close()
+        return StepResult(losses, grad_norm, lr, log={"stage": stage.name}, state={"stage": stage_i, "total": total})
+
+    run_steps(run, step, tc, total, end, desc="train", progress=progress)
     export = export_dir if export_dir is not None else cfg.export
     done = run.step >= total and export
     return {"out": out, "step": run.step, "export": export_model(run, export) if done else None, "log": run.log_path}

@@ -1,11 +1,10 @@
-"""V2A trainer: rectified flow matching on audio latents, with the video trainer's machinery (`lumina-rt train-v2a`).
+"""V2A trainer: rectified flow matching on audio latents, on the shared trainer core (`lumina-rt train-v2a`).
 
-Imported from `lumina_rt.training.video`, not copied:
-`TrainSettings` (the `train` section: seed, batch size, lr schedule,
-AdamW, clipping, EMA, caption dropout, time sampling, logging and checkpoint cadence), `flow_matching_inputs`
-(x_t = t x1 + (1 - t) x0, target x1 - x0, logit-normal times through the time shift), `flow_matching_loss`,
-`drop_conditions` (caption dropout for CFG), `learning_rate`, and the atomic, resumable checkpoints
-(`save_checkpoint`, `latest_checkpoint`, `prune_checkpoints`).
+From `lumina_rt.training.core`, as the video trainer uses it: `TrainSettings` (the `train` section: seed, batch size,
+lr schedule, AdamW, clipping, EMA, caption dropout, time sampling, logging and checkpoint cadence),
+`flow_matching_inputs` (x_t = t x1 + (1 - t) x0, target x1 - x0, logit-normal times through the time shift),
+`flow_matching_loss`, `drop_conditions` (caption dropout for CFG), the per-step generators, the optimizer step with
+EMA, the atomic, resumable checkpoints and the step loop (`run_steps`: log, checkpoints).
 
 V2A-specific (the `v2a` section): video dropout (the "no video" condition, for CFG against video + caption), the
 clip lengths trained (every `long_every`-th step a batch of `long_frames`-frame clips at half the batch size), the
@@ -16,39 +15,42 @@ resumed run ends with the weights of an uninterrupted one.
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import json
 import logging
 import shutil
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
+from safetensors.torch import save_file
 
-from lumina_rt.checkpoint import NATIVE_WEIGHTS
+from lumina_rt.config import strict_fields
 from lumina_rt.data.sound import SoundDataset
 from lumina_rt.errors import ConfigError
 from lumina_rt.files import atomic_write
-from lumina_rt.training.video import (
+from lumina_rt.training.core import (
+    StepResult,
     TrainSettings,
+    adamw,
     drop_conditions,
     flow_matching_inputs,
     flow_matching_loss,
-    latest_checkpoint,
-    learning_rate,
-    prune_checkpoints,
-    save_checkpoint,
+    new_ema,
+    optimizer_step,
+    resume_from_checkpoint,
+    run_steps,
+    set_learning_rate,
+    set_threads,
+    step_generator,
 )
 from lumina_rt.v2a.codec import AudioCodec, AudioSpec, log_mel
 from lumina_rt.v2a.model import V2A_CONFIG, V2A_WEIGHTS, V2AConfig, V2AModel
 from lumina_rt.v2a.pipeline import V2ASampling
 
 logger = logging.getLogger(__name__)
+
+RANDOM_STREAM = 50  # this trainer's stream of per-step random draws (core.step_generator; the video trainer's is 1)
 
 
 @dataclass
@@ -102,16 +104,8 @@ class V2ATrainConfig:
         unknown = sorted(set(raw) - set(cls.SECTIONS))
         if unknown:
             raise ConfigError(f"unknown V2A training config sections {unknown}; accepted: {list(cls.SECTIONS)}")
-        sections = {}
-        for name, kind in (("train", TrainSettings), ("v2a", V2ASettings)):
-            section = raw.get(name, {})
-            if not isinstance(section, dict):
-                raise ConfigError(f"{name} must be an object of settings, got {section!r}")
-            accepted = {f.name for f in dataclasses.fields(kind)}
-            bad = sorted(set(section) - accepted)
-            if bad:
-                raise ConfigError(f"unknown {name} keys {bad}; accepted: {sorted(accepted)}")
-            sections[name] = kind(**copy.deepcopy(section))
+        sections = {name: strict_fields(kind, raw.get(name, {}), name)
+                    for name, kind in (("train", TrainSettings), ("v2a", V2ASettings))}  # fmt: skip
         model_raw = dict(raw.get("model", {}))
         size = model_raw.pop("size", "builtin")
         model = V2AConfig.from_name(size, **model_raw)
@@ -141,11 +135,6 @@ class V2ATrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dict(model=self.model.to_kwargs(), audio=self.audio.to_dict(), train=asdict(self.train),
                     v2a=asdict(self.v2a), output=self.output, export=self.export)  # fmt: skip
-
-
-def step_generator(seed: int, step: int, salt: int) -> torch.Generator:
-    """The generator of one step's random draws (noise, times, dropouts)."""
-    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step)) * 97 + 50 + salt)
 
 
 def fit_codec(cfg: V2ATrainConfig, dataset: SoundDataset) -> AudioCodec:
@@ -183,29 +172,8 @@ def setup(cfg: V2ATrainConfig, out: Path) -> V2ATrainRun:
     encoder = TinyTextEncoder.create(dim=cfg.model.cap_feat_dim, seed=int(tc.text_seed))
     dataset = SoundDataset(cfg.audio, seed=int(cfg.v2a.data_seed))
     codec = fit_codec(cfg, dataset)
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
-    ema = {k: v.detach().clone() for k, v in model.state_dict().items()} if tc.ema > 0 else None
-    return V2ATrainRun(cfg, out, model, codec, encoder, dataset, opt, ema)
-
-
-def resume(run: V2ATrainRun) -> None:
-    """Continue from the latest checkpoint under run.out (weights, optimizer, EMA, step, log) if there is one."""
-    latest = latest_checkpoint(run.out)
-    if latest is None:
-        if run.log_path.exists():
-            run.log_path.unlink()
-        return
-    state = json.loads((latest / "trainer_state.json").read_text())
-    run.step = int(state["step"])
-    run.elapsed_before = float(state.get("elapsed_s", 0.0))
-    run.model.load_state_dict(load_file(str(latest / NATIVE_WEIGHTS)), strict=True)
-    run.opt.load_state_dict(torch.load(latest / "optimizer.pt", weights_only=True))
-    if run.ema is not None:
-        run.ema = load_file(str(latest / "ema.safetensors"))
-    if run.log_path.is_file():
-        keep = [ln for ln in run.log_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= run.step]
-        run.log_path.write_text("".join(ln + "\n" for ln in keep))
-    logger.info("resumed from %s at step %d", latest, run.step)
+    opt = adamw(model, tc)
+    return V2ATrainRun(cfg, out, model, codec, encoder, dataset, opt, new_ema(model, tc.ema))
 
 
 def batch_shape(v: V2ASettings, batch_size: int, step: int) -> tuple[int, int]:
@@ -218,10 +186,8 @@ def batch_shape(v: V2ASettings, batch_size: int, step: int) -> tuple[int, int]:
 def train_step(run: V2ATrainRun) -> tuple[float, float, float]:
     """One iteration at run.step; returns (loss, gradient norm before clipping, learning rate)."""
     cfg, tc, v, step = run.cfg, run.cfg.train, run.cfg.v2a, run.step
-    lr = learning_rate(tc, step, v.iters)
-    for group in run.opt.param_groups:
-        group["lr"] = lr
-    gen = step_generator(tc.seed, step, 0)
+    lr = set_learning_rate(run.opt, tc, step, v.iters)
+    gen = step_generator(tc.seed, step, RANDOM_STREAM)
     n, frames = batch_shape(v, int(tc.batch_size), step)
     clips = run.dataset.clips("train", step * 1000, n, frames)
     x1 = run.codec.encode(log_mel(torch.stack([c.wave for c in clips]), cfg.audio))
@@ -235,14 +201,7 @@ def train_step(run: V2ATrainRun) -> tuple[float, float, float]:
     run.opt.zero_grad(set_to_none=True)
     loss = flow_matching_loss(run.model.velocity(xt, t, video, feats, mask, keep), target)
     loss.backward()
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(run.model.parameters(), tc.grad_clip))
-    run.opt.step()
-    if run.ema is not None:
-        decay = min(tc.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for k, val in run.model.state_dict().items():
-                run.ema[k].mul_(decay).add_(val.detach(), alpha=1 - decay)
-    return float(loss.item()), grad_norm, lr
+    return float(loss.item()), optimizer_step(run, tc), lr
 
 
 def export_v2a(run: V2ATrainRun, export: str | Path) -> Path:
@@ -286,36 +245,18 @@ def train_v2a(
     tc, v = cfg.train, cfg.v2a
     out = Path(out_dir or cfg.output or "runs/v2a")
     out.mkdir(parents=True, exist_ok=True)
-    if threads or tc.threads:
-        torch.set_num_threads(int(threads or tc.threads))
+    set_threads(tc, threads)
     run = setup(cfg, out)
-    if resume_run:
-        resume(run)
-    elif run.log_path.exists():
-        run.log_path.unlink()
+    resume_from_checkpoint(run, resume_run)
     (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
     end = v.iters if stop_after is None else min(v.iters, int(stop_after))
-    bar = tqdm(total=v.iters, initial=run.step, desc="train-v2a", unit="it", disable=not progress, dynamic_ncols=True)
-    t_start = time.time()
-    running, count = 0.0, 0
-    while run.step < end:
+
+    def step() -> StepResult:
         loss, grad_norm, lr = train_step(run)
-        run.step += 1
-        running, count = running + loss, count + 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}")
-        elapsed = round(run.elapsed_before + time.time() - t_start, 1)
-        if run.step % tc.log_every == 0 or run.step == end:
-            rec = dict(step=run.step, lr=lr, grad_norm=round(grad_norm, 4), loss=round(running / count, 5),
-                       elapsed_s=elapsed)  # fmt: skip
-            with open(run.log_path, "a") as fh:
-                fh.write(json.dumps(rec) + "\n")
-            running, count = 0.0, 0
-        if run.step % tc.ckpt_every == 0 or run.step == end:
-            save_checkpoint(out, run.step, run.model, run.opt, run.ema, {"elapsed_s": elapsed})
-            prune_checkpoints(out, tc.keep_checkpoints)
-    bar.close()
+        return StepResult({"audio": loss}, grad_norm, lr)
+
+    seconds = run_steps(run, step, tc, v.iters, end, desc="train-v2a", progress=progress, task_losses=False)
     export = export_dir if export_dir is not None else cfg.export
     done = run.step >= v.iters and export
     return dict(out=out, step=run.step, export=export_v2a(run, export) if done else None, log=run.log_path,
-                seconds=round(run.elapsed_before + time.time() - t_start, 1))  # fmt: skip
+                seconds=seconds)  # fmt: skip

@@ -164,9 +164,9 @@ def resolve_target(target: str) -> str:
         if trt_reason is None and onnx_reason is None:
             return "tensorrt"
         if onnx_reason is None:
-            logger.info("build target auto: %s; building ONNX Runtime engines", trt_reason)
+            logger.info("build target auto: %s; ONNX Runtime engines", trt_reason)
             return "onnx"
-        logger.warning("build target auto: %s; building torch engines only", onnx_reason)
+        logger.warning("build target auto: %s; torch engines only", onnx_reason)
         return "torch"
     if target == "onnx" and onnx_reason:
         raise BackendUnavailableError(f"cannot build ONNX engines: {onnx_reason}")

@@ -231,6 +231,10 @@ class Pipeline:
             self._decoder = components.load_decoder(self.components_dir)
         return self._decoder
 
+    def use_audio(self, audio: AudioStage | Callable[[], AudioStage | None] | None) -> None:
+        """Set the audio stage `generate(..., audio=True)` uses, or a function that loads it on first use."""
+        self._audio = audio
+
     def audio_stage(self) -> AudioStage:
         """The pipeline's audio stage (loaded on first use); ConfigError when it has none."""
         if self._audio is not None and not hasattr(self._audio, "batch"):

@@ -13,7 +13,8 @@ Public API:
 - `request.check_caption(tokens, pipeline)`: the caption length against the served range, after encoding;
 - `request.said(field, value)`: how the caller wrote a field (`--frames 0`, `frames=0`, `"frames": 0`);
 - `check_output_path(path, said)`: refuse an output whose folder is missing or read-only (never create it);
-- `load_caption_features(path, said)`: a safetensors file of caption features, or InputError naming it;
+- `load_caption_features(path, said)` / `check_caption_features(path, said)`: a safetensors file of caption
+  features, or InputError naming it;
 - the bounds (`SEED_MAX`, `STEPS_MAX`, `CFG_MAX`, `MOTION_MAX`, `FPS_MAX`, `SCALE_MAX`) and `RULES`, the table
   docs/requests.md shows.
 
@@ -132,21 +133,33 @@ def check_output_path(path: str | os.PathLike, said: str, audio: bool = False) -
     return out
 
 
-def load_caption_features(path: str | os.PathLike, said: str) -> dict[str, Any]:
-    """The tensors of a caption-features file (cap_feats [B, L, D], optional cap_mask, neg_cap_feats,
-    neg_cap_mask); InputError naming the file when it is missing, not safetensors, or has no cap_feats."""
+def check_caption_features(path: str | os.PathLike, said: str) -> None:
+    """InputError naming a caption-features file that is missing, not safetensors, or has no cap_feats tensor
+    (reads only the file's header)."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{said}: no such file")
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            names = sorted(f.keys())
+    except Exception as exc:  # safetensors raises its own error types for every malformed file
+        raise InputError(f"{said}: not a safetensors file ({type(exc).__name__})") from None
+    if "cap_feats" not in names:
+        raise InputError(f"{said}: has no 'cap_feats' tensor (it has {names})")
+
+
+def load_caption_features(path: str | os.PathLike, said: str) -> dict[str, Any]:
+    """The tensors of a caption-features file (cap_feats [B, L, D], optional cap_mask, neg_cap_feats,
+    neg_cap_mask); InputError naming the file when it is missing, not safetensors, or has no cap_feats."""
+    check_caption_features(path, said)
     from safetensors.torch import load_file
 
     try:
-        features = load_file(str(p))
-    except Exception as exc:  # safetensors raises its own error types for every malformed file
+        return load_file(str(path))
+    except Exception as exc:  # a header that reads but tensors that do not (truncated file)
         raise InputError(f"{said}: not a safetensors file ({type(exc).__name__})") from None
-    if "cap_feats" not in features:
-        raise InputError(f"{said}: has no 'cap_feats' tensor (it has {sorted(features)})")
-    return features
 
 
 @dataclass
@@ -328,12 +341,10 @@ class GenerationRequest:
             raise InputError(f"{self.said('scale')}: must be a whole number 1 .. {SCALE_MAX}")
         if self.out is not None:
             check_output_path(self.out, self.said("out"), self.audio)
-        if self.caption_features is not None:
-            p = Path(self.caption_features)
-            if not p.is_file():
-                raise InputError(f"{self.said('caption_features')}: no such file")
 
     def _prompts(self) -> None:
+        if self.caption_features is not None:
+            check_caption_features(self.caption_features, self.said("caption_features"))
         if self.has_features or self.caption_features is not None:
             if self.prompts:
                 raise InputError(
@@ -454,12 +465,11 @@ class GenerationRequest:
                     )
         profiles = getattr(pipeline, "profiles", None) or {}
         if profiles:
-            from lumina_rt.engines.profiles import scale_tokens
-
             rows = (batch or len(self.prompts or [None])) * (2 if config.guided else 1)
             for combo in combos:
                 prof = profiles[combo]
-                n = scale_tokens(grid, *parse_patch_combo(combo))
+                pf, p = parse_patch_combo(combo)
+                n = (pf if grid[0] == 1 else grid[0]) // pf * (grid[1] // p) * (grid[2] // p)
                 if not any(n in r for r in prof.tokens):
                     raise EngineError(
                         f"{self._sizes_said(frames, height, width)}: {n} tokens at scale {combo}, outside every built "
@@ -517,6 +527,7 @@ __all__ = [
     "SEED_MAX",
     "STEPS_MAX",
     "GenerationRequest",
+    "check_caption_features",
     "check_output_path",
     "load_caption_features",
 ]

@@ -61,6 +61,34 @@ class Runtime:
         audio = self.sound_stage if self.manifest.get("v2a") else None  # loaded on first `generate(audio=True)`
         self.pipeline = Pipeline.from_engines(self.engines, velocity=velocity, audio=audio)
 
+    @classmethod
+    def builtin(cls, precision: str = "fp32", *, audio: bool = False, **options: Any) -> Runtime:
+        """The built-in model's runtime, in one line: its engines are built on first use into the cache
+        (LUMINA_RT_CACHE, ~/.cache/lumina_rt) and reused after. Like `lumina-rt generate --builtin`, it makes 8x32x32
+        videos by default and `GenerationResult.save` upscales them 4x. Its sound model's engine is built with
+        `audio=True`, else on the first `generate(..., audio=True)`. `options`: `Runtime`'s (backend, parallel, ...).
+        """
+        from lumina_rt.builtin import BUILTIN_DEFAULT_SIZE, BUILTIN_SCALE
+        from lumina_rt.builtin.engines import builtin_engines
+
+        engine_dir = builtin_engines(precision, audio=audio)
+        runtime = cls(engine_dir, **options)
+        pipeline = runtime.pipeline
+        pipeline.default_size, pipeline.default_scale, pipeline.builtin = BUILTIN_DEFAULT_SIZE, BUILTIN_SCALE, True
+        if not runtime.engines.manifest.get("v2a"):
+
+            def sound():  # noqa: ANN202 - first generate(audio=True): build the sound model's engine, then load it
+                from lumina_rt.engines.manifest import read_manifest
+                from lumina_rt.engines.v2a_engine import load_v2a
+                from lumina_rt.v2a.soundtrack import Soundtrack
+
+                builtin_engines(precision, audio=True)
+                backend, verify, threads = runtime._v2a_options
+                return Soundtrack(load_v2a(engine_dir, read_manifest(engine_dir), backend, verify, threads))
+
+            pipeline.use_audio(sound)
+        return runtime
+
     def sound_stage(self) -> Soundtrack:
         """The audio stage over the directory's V2A engine (`lumina_rt.v2a.soundtrack.Soundtrack`); EngineError when
         the directory has none."""

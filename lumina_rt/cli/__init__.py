@@ -1,8 +1,13 @@
 """`lumina-rt` command line: one entry point, one module per subcommand.
 
 `COMMANDS` is the whole table. Each module named there exposes `add(parser) -> run`: `add` declares the
-subcommand's flags and returns `run(args) -> exit code`. The library never imports this package (nor argparse);
+subcommand's flags and returns `run(args) -> exit code`; what they share is in `lumina_rt.cli.common` (this
+package is the only importer of the subcommand modules). The library never imports this package (nor argparse);
 `python -m lumina_rt` and the `lumina-rt` console script both run `main`.
+
+Exit codes: 0 done; 2 a typed error (one line on stderr: `lumina-rt COMMAND: error: Type: message`) or a bad
+flag; 130 interrupted (Ctrl-C: one line `interrupted`; outputs are written atomically, so none is left half
+written); a closed stdout pipe (`lumina-rt inspect small --keys | head -5`) ends quietly with 141.
 """
 
 from __future__ import annotations
@@ -10,12 +15,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
-from collections.abc import Callable
 
 from lumina_rt.errors import LuminaError
-
-Runner = Callable[[argparse.Namespace], int]
+from lumina_rt.version import __version__
 
 # name -> (help, module with `add(parser) -> run`), in the order `lumina-rt --help` lists them.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -56,6 +60,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "generate sound for held-out clips with a V2A model and score onset sync and pitch vs a shuffled control",
         "lumina_rt.cli.eval_v2a",
     ),
+    "serve": (
+        "serve Lumina-Video over HTTP: the OpenAI Videos API, a durable job queue, a web page (docs/serving.md)",
+        "lumina_rt.cli.serve",
+    ),
     "generate-reference": (
         "generate a video with a checkpoint's reference torch model (no engines needed)",
         "lumina_rt.cli.generate_reference",
@@ -63,9 +71,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (the flag, the bad value, where to look) and exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lumina-rt", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="lumina-rt", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"lumina-rt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, module) in COMMANDS.items():
         sp = sub.add_parser(name, help=help_text, description=help_text)
@@ -73,31 +89,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_parallel_flags(p: argparse.ArgumentParser) -> None:
-    """--sp / --cfg-parallel: run over the processes `torchrun` starts (lumina_rt.distributed, docs/parallel.md)."""
-    p.add_argument("--sp", type=int, default=None, help="sequence-parallel processes (Ulysses); launch under torchrun")
-    p.add_argument(
-        "--cfg-parallel",
-        action="store_true",
-        help="run the guidance branches on two halves of the processes (world size = 2 x sp); under torchrun",
-    )
-
-
-def parallel_config(args: argparse.Namespace):
-    """The ParallelConfig the flags ask for, or None (single process)."""
-    if args.sp is None and not args.cfg_parallel:
-        return None
-    from lumina_rt.distributed import ParallelConfig
-
-    return ParallelConfig(sp=1 if args.sp is None else args.sp, cfg_parallel=args.cfg_parallel)
-
-
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; see the module docstring for the exit codes."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # the reader went away (`| head`): nothing more to say; stdout to /dev/null so the final flush is quiet
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     try:
-        return int(args._run(args) or 0)
+        code = int(args._run(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, inside main, not at interpreter exit
+        return code
     except LuminaError as exc:
         print(f"lumina-rt {args.command}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from lumina_rt.cli import Runner
+from lumina_rt.cli.common import Runner
 
 
 def add(p: argparse.ArgumentParser) -> Runner:

@@ -3,20 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
+import time
 
-from lumina_rt.cli import Runner, add_parallel_flags, parallel_config
-
-
-def _time_aware(text: str | None):
-    """A number, a patch combo, or JSON for a time-aware value ('["2x4", [0.1, "2x2"]]')."""
-    if text is None:
-        return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
+from lumina_rt.cli.common import Runner, add_parallel_flags, parallel_config
 
 
 def add(p: argparse.ArgumentParser) -> Runner:
@@ -25,6 +14,9 @@ def add(p: argparse.ArgumentParser) -> Runner:
     p.add_argument("engine_dir", nargs="?", default=None, help="engine directory (manifest.json)")
     p.add_argument("--builtin", action="store_true", help="use the built-in model (engines built on first use)")
     p.add_argument("--prompt", action="append", default=None, help="prompt (repeat for a batch)")
+    p.add_argument(
+        "--unconditional", action="store_true", help="no prompt: a video conditioned on nothing (empty caption)"
+    )
     p.add_argument("--negative-prompt", default="", help='negative prompt for guidance (default "")')
     p.add_argument(
         "--caption-features",
@@ -68,9 +60,9 @@ def add(p: argparse.ArgumentParser) -> Runner:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lumina_rt.builtin import BUILTIN_DEFAULT_SIZE, builtin_v2a_source
-    from lumina_rt.builtin.engines import builtin_engines
-    from lumina_rt.errors import ConfigError, InputError
+    from lumina_rt.cli.common import STARTED
+    from lumina_rt.errors import InputError
+    from lumina_rt.request import GenerationRequest, load_caption_features
     from lumina_rt.runtime import Runtime
 
     if args.builtin == (args.engine_dir is not None):
@@ -80,55 +72,31 @@ def run(args: argparse.Namespace) -> int:
             f"--precision {args.precision} applies to --builtin; an engine directory has its own precision "
             "(`lumina-rt build --precision`)"
         )
-    if args.audio and Path(args.out).suffix.lower() != ".mp4":
-        raise InputError(f"--audio needs an .mp4 --out (a GIF has no sound track), got {args.out!r}")
-    if args.audio and args.builtin and builtin_v2a_source() is None:
-        raise ConfigError("--audio needs the built-in V2A model, which is not installed (lumina_rt/builtin/v2a/)")
-    engine_dir = builtin_engines(args.precision or "fp32") if args.builtin else Path(args.engine_dir)
-    runtime = Runtime(engine_dir, backend=args.backend, parallel=parallel_config(args))
-    audio = False
-    if args.audio:
-        audio = sound_stage(runtime, args)
-    if args.builtin:
-        f, h, w = BUILTIN_DEFAULT_SIZE
-        args.frames, args.height, args.width = args.frames or f, args.height or h, args.width or w
+    request = GenerationRequest.from_cli(args)  # every rule that needs no engines, before any engine is built
     features = {}
     if args.caption_features:
-        from safetensors.torch import load_file
-
-        features = load_file(args.caption_features)
-        if "cap_feats" not in features:
-            raise InputError(f"{args.caption_features!r} has no 'cap_feats' tensor")
-    result = runtime.generate(
-        None if features else (args.prompt or [""]),
-        negative_prompt=args.negative_prompt,
+        features = load_caption_features(args.caption_features, request.said("caption_features"))
+    options = dict(backend=args.backend, parallel=parallel_config(args))
+    if args.builtin:  # the sound model's engine is built on the first --audio
+        runtime = Runtime.builtin(args.precision or "fp32", audio=request.audio, **options)
+    else:
+        runtime = Runtime(args.engine_dir, **options)
+    result = runtime.pipeline.run(
+        request,
         cap_feats=features.get("cap_feats"),
         cap_mask=features.get("cap_mask"),
         neg_cap_feats=features.get("neg_cap_feats"),
         neg_cap_mask=features.get("neg_cap_mask"),
-        frames=args.frames,
-        height=args.height,
-        width=args.width,
-        steps=args.steps,
-        preset=args.preset,
-        schedule=_time_aware(args.schedule),
-        cfg=_time_aware(args.cfg),
-        motion=_time_aware(args.motion),
-        neg_motion=_time_aware(args.neg_motion),
-        seed=args.seed,
-        cache=args.cache,
         progress=not args.no_progress and runtime.is_main,
-        audio=audio,
-        fps=args.fps,
     )
     if not runtime.is_main:  # every process holds the result; rank 0 alone writes it
         return 0
-    scale = args.scale if args.scale is not None else (4 if args.builtin else 1)
-    path = result.save(args.out, fps=args.fps, scale=scale)
+    path = result.save(request.out, fps=request.fps, scale=request.scale)
     kind = "frames" if result.frames is not None else "latent preview (no decoder in the engine directory)"
     print(
-        f"wrote {path} ({kind}, {tuple(result.latents.shape)} latents, {result.config.step}-point time grid, "
-        f"{result.evaluations} model evaluations, backend {result.backend}, {result.seconds:.1f} s)"
+        f"wrote {path} in {time.perf_counter() - STARTED:.1f} s ({kind}, {tuple(result.latents.shape)} latents, "
+        f"{result.config.step}-point time grid, {result.evaluations} model evaluations, backend {result.backend}, "
+        f"sampling {result.sampling_seconds:.1f} s)"
     )
     if result.audio is not None:
         print(f"sound: {result.audio.shape[0]} track(s) of {result.audio.shape[1]} samples at {result.sample_rate} Hz")
@@ -137,12 +105,3 @@ def run(args: argparse.Namespace) -> int:
         per = ", ".join(f"{c} {s['evaluated']} run / {s['reused']} reused" for c, s in scales)
         print(f"step cache {result.cache['policy']}: {per}")
     return 0
-
-
-def sound_stage(runtime, args: argparse.Namespace):
-    """The audio stage of `--audio`: the engine directory's V2A engine (the built-in model's sound model's with
-    --builtin); ConfigError when the directory has none."""
-    stage = runtime.pipeline.audio_stage()
-    if args.audio_steps is not None:
-        stage.steps = args.audio_steps
-    return stage

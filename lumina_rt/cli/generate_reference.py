@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from lumina_rt.cli import Runner
+from lumina_rt.cli.common import Runner
 
 
 def add(p: argparse.ArgumentParser) -> Runner:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lumina_rt.cli import Runner, add_parallel_flags, parallel_config
+from lumina_rt.cli.common import Runner, add_parallel_flags, parallel_config
 
 
 def add(p: argparse.ArgumentParser) -> Runner:

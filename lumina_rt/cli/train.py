@@ -5,23 +5,12 @@ from __future__ import annotations
 import argparse
 import time
 
-from lumina_rt.cli import Runner
+from lumina_rt.cli.common import Runner, add_run_flags
 
 
 def add(p: argparse.ArgumentParser) -> Runner:
     add_run_flags(p, "training config, e.g. configs/builtin.json")
     return run
-
-
-def add_run_flags(p: argparse.ArgumentParser, config_help: str) -> None:
-    """The flags of a training command (`train`, `train-v2a`): config, run and export folders, resume, threads."""
-    p.add_argument("config", help=config_help)
-    p.add_argument("--out", default=None, help="run directory (checkpoints, log); default: the config's 'output'")
-    p.add_argument("--export", default=None, help="write the final model here (default: the config's 'export')")
-    p.add_argument("--no-resume", action="store_true", help="start from scratch even if the run has checkpoints")
-    p.add_argument("--stop-after", type=int, default=None, help="stop after this many total steps (resumable)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: the config's)")
 
 
 def run(args: argparse.Namespace) -> int:

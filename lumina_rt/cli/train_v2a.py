@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lumina_rt.cli import Runner
-from lumina_rt.cli.train import add_run_flags
+from lumina_rt.cli.common import Runner, add_run_flags
 
 
 def add(p: argparse.ArgumentParser) -> Runner:

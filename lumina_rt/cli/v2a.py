@@ -17,7 +17,7 @@ import os
 import time
 from pathlib import Path
 
-from lumina_rt.cli import Runner
+from lumina_rt.cli.common import Runner
 
 logger = logging.getLogger("lumina_rt.cli.v2a")
 

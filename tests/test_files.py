@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import threading
+from pathlib import Path
+
 import pytest
 
+from lumina_rt import files
 from lumina_rt.files import atomic_path, atomic_write
 
 
@@ -30,3 +35,78 @@ def test_atomic_path_replaces_a_folder(tmp_path):
         with atomic_path(target, directory=True) as tmp:
             (tmp / "f").write_text(content)
     assert (target / "f").read_text() == "second" and [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def _watch(target, stop, seen):
+    """Reader: list the folder until told to stop; record every time it is missing."""
+    while not stop.is_set():
+        try:
+            os.listdir(target)
+            seen["listed"] += 1
+        except FileNotFoundError:
+            seen["missing"] += 1
+
+
+def _replace_50_times_while_reading(target):
+    stop, seen = threading.Event(), {"listed": 0, "missing": 0}
+    reader = threading.Thread(target=_watch, args=(target, stop, seen))
+    reader.start()
+    try:
+        for i in range(50):
+            with atomic_path(target, directory=True) as tmp:
+                for name in ("a", "b", "c"):
+                    (tmp / name).write_text(str(i))
+    finally:
+        stop.set()
+        reader.join()
+    return seen
+
+
+@pytest.mark.skipif(not files.exchange_supported(), reason="no renameat2(RENAME_EXCHANGE) on this system / filesystem")
+def test_folder_replace_never_leaves_the_folder_missing(tmp_path):
+    target = tmp_path / "ckpt"
+    with atomic_path(target, directory=True) as tmp:
+        (tmp / "a").write_text("first")
+    seen = _replace_50_times_while_reading(target)
+    assert seen["missing"] == 0 and seen["listed"] > 0
+    assert sorted(os.listdir(target)) == ["a", "b", "c"] and (target / "a").read_text() == "49"
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_folder_replace_fallback_keeps_the_old_folder_aside(tmp_path, monkeypatch):
+    """Without the exchange: readers that find the folder missing find the complete old one at aside_path."""
+    monkeypatch.setattr(files, "exchange", lambda a, b: False)
+    target = tmp_path / "ckpt"
+    with atomic_path(target, directory=True) as tmp:
+        (tmp / "f").write_text("old")
+    observed = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if Path(dst) == target:  # the moment the new folder goes in: the target is missing, the old one aside
+            observed.append((target.exists(), (files.existing_folder(target) / "f").read_text()))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", replace)
+    with atomic_path(target, directory=True) as tmp:
+        (tmp / "f").write_text("new")
+    assert observed == [(False, "old")]
+    assert (target / "f").read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_folder_replace_fallback_puts_the_old_folder_back_when_the_new_one_cannot_go_in(tmp_path, monkeypatch):
+    monkeypatch.setattr(files, "exchange", lambda a, b: False)
+    target = tmp_path / "ckpt"
+    with atomic_path(target, directory=True) as tmp:
+        (tmp / "f").write_text("old")
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if Path(dst) == target and Path(src) != files.aside_path(target):
+            raise OSError("disk gone")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", replace)
+    with pytest.raises(OSError, match="disk gone"), atomic_path(target, directory=True) as tmp:
+        (tmp / "f").write_text("new")
+    assert (target / "f").read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["ckpt"]

@@ -94,11 +94,14 @@ def load_fixture(path: str | Path) -> Fixture:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"fixture {str(path)!r} does not exist")
-    with safe_open(str(path), "pt") as f:
-        meta_text = (f.metadata() or {}).get("lumina_fixture")
-        if meta_text is None:
-            raise InputError(f"{str(path)!r} has no 'lumina_fixture' metadata; is it a parity fixture?")
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta_text = (f.metadata() or {}).get("lumina_fixture")
+            tensors = {k: f.get_tensor(k) for k in f.keys()} if meta_text is not None else {}
+    except Exception as exc:  # safetensors raises its own error types for every malformed file
+        raise InputError(f"fixture {str(path)!r} is not a safetensors file ({type(exc).__name__})") from None
+    if meta_text is None:
+        raise InputError(f"{str(path)!r} has no 'lumina_fixture' metadata; is it a parity fixture?")
     return Fixture(path, json.loads(meta_text), tensors)
 
 

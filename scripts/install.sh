@@ -15,7 +15,7 @@
 #   LUMINA_RT_TORCH           pip requirement used when no torch is installed (default: torch==2.13.0)
 #   LUMINA_RT_REPLACE_TORCH=1 replace an installed torch outside the supported range with $LUMINA_RT_TORCH
 #   LUMINA_RT_EXTRAS          extras of lumina-rt to install (default: onnx, or onnx-gpu where onnxruntime-gpu is
-#                             installed; --dev adds triton,dev). Set it empty for the base install (torch engines).
+#                             installed, and serve; --dev adds triton,dev). Set it empty for the base install (torch engines).
 #   LUMINA_RT_MARCH_NATIVE=1  build the C++ ops with -march=native (default: portable, ISA chosen at run time)
 #   LUMINA_RT_NO_CPP=1        do not build the C++ ops
 set -euo pipefail
@@ -66,9 +66,9 @@ esac
 # ---------------------------------------------------------------------------------------------------- lumina_rt
 if [ -z "${LUMINA_RT_EXTRAS+set}" ]; then
   if "$PY" -c "import importlib.metadata as m; m.version('onnxruntime-gpu')" 2>/dev/null; then
-    LUMINA_RT_EXTRAS=onnx-gpu  # never pull the CPU onnxruntime over a GPU one (they share the module name)
+    LUMINA_RT_EXTRAS=onnx-gpu,serve  # never pull the CPU onnxruntime over a GPU one (they share the module name)
   else
-    LUMINA_RT_EXTRAS=onnx
+    LUMINA_RT_EXTRAS=onnx,serve
   fi
   [ "$MODE" = "--dev" ] && LUMINA_RT_EXTRAS="$LUMINA_RT_EXTRAS,triton,dev"
 fi

@@ -58,7 +58,7 @@ torch.set_num_threads(2)
 base = rss()
 t0 = time.perf_counter()
 rt = Runtime(engine_dir, backend=backend, scales=scales if mode == "runtime" else [])
-cfg = rt.config
+cfg = rt.engines.config
 loaded = rss()
 f, h, w = grid
 x = torch.randn(2, cfg.in_channels, f, h, w)
@@ -67,7 +67,7 @@ cf = torch.randn(2, 16, cfg.cap_feat_dim); cm = torch.ones(2, 16, dtype=torch.in
 times = {}
 if mode == "naive":
     from lumina_rt.engines.profiles import scale_tokens
-    path = lambda c: f"{engine_dir}/" + rt.manifest["scales"][c]["onnx"]["path"]
+    path = lambda c: f"{engine_dir}/" + rt.engines.manifest["scales"][c]["onnx"]["path"]
     sessions = {c: ort.InferenceSession(path(c), providers=["CPUExecutionProvider"]) for c in scales}
     loaded = rss()
     from lumina_rt import ops
@@ -82,11 +82,11 @@ if mode == "naive":
         t1 = time.perf_counter(); s.run(None, feeds); times[c] = time.perf_counter() - t1
 else:
     for c in scales:
-        rt.velocity(x, t, cf, cm, m, c)
-        t1 = time.perf_counter(); rt.velocity(x, t, cf, cm, m, c); times[c] = time.perf_counter() - t1
+        rt.engines.velocity(x, t, cf, cm, m, c)
+        t1 = time.perf_counter(); rt.engines.velocity(x, t, cf, cm, m, c); times[c] = time.perf_counter() - t1
 after = rss()
 print(json.dumps({"base": base["VmRSS"], "loaded": loaded["VmRSS"], "after_run": after["VmRSS"], "hwm": after["VmHWM"],
-                  "backend": rt.backend_name, "load_s": time.perf_counter() - t0, "step_s": times}))
+                  "backend": rt.engines.backend_name, "load_s": time.perf_counter() - t0, "step_s": times}))
 """
 
 

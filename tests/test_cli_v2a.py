@@ -84,7 +84,7 @@ def test_generate_audio_writes_an_mp4_with_video_and_sound_of_equal_duration(eng
     assert frames.shape == (3, 8, 64, 64) and fps == 8
 
     runtime = Runtime(engines)  # the same request in Python: the file holds its sound
-    stage = runtime.sound_stage()
+    stage = runtime.pipeline.audio_stage()
     stage.steps = 3
     result = runtime.generate(PROMPT, frames=8, height=32, width=32, steps=4, seed=2, audio=stage, progress=False)
     assert result.audio.shape == (1, 16000) and corr(wave, result.audio[0]) > 0.98

@@ -229,9 +229,9 @@ def test_tensorrt_stage_cache_keys_without_tensorrt(tmp_path, monkeypatch):
     monkeypatch.undo()
     rt = Runtime(eng)
     if not torch.cuda.is_available():
-        assert rt.backend_name == "onnxruntime"
+        assert rt.engines.backend_name == "onnxruntime"
     if tensorrt_engine.unavailable_reason() is not None:
-        assert "TensorRT" in rt.backend_reasons["tensorrt"]
+        assert "TensorRT" in rt.engines.backend_reasons["tensorrt"]
 
 
 def test_tensorrt_engines_run():

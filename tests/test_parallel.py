@@ -125,7 +125,11 @@ def _job_runtime(engine_dir: str, config) -> dict:
     single = Runtime(engine_dir, backend="torch").generate(**kwargs)
     runtime = Runtime(engine_dir, parallel=config)
     out = runtime.generate(**kwargs)
-    return {"diff": _diff(out.latents, single.latents), "backend": runtime.backend_name, "main": runtime.is_main}
+    return {
+        "diff": _diff(out.latents, single.latents),
+        "backend": runtime.engines.backend_name,
+        "main": runtime.is_main,
+    }
 
 
 JOBS = {"parity": _job_parity, "bad-heads": _job_bad_heads, "bad-world": _job_bad_world, "runtime": _job_runtime}

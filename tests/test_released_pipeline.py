@@ -322,10 +322,10 @@ def _record_sdpa(monkeypatch) -> list[dict[str, bool]]:
 
 
 def _velocity(rt) -> torch.Tensor:
-    combo = rt.patch_combos[0]
+    combo = rt.engines.patch_combos[0]
     x = torch.randn(2, 16, FRAMES // 4, HEIGHT // 8, WIDTH // 8)
     feats, mask = torch.randn(2, 8, 32), torch.ones(2, 8, dtype=torch.int64)
-    return rt.velocity(x, torch.tensor([0.3, 0.3]), feats, mask, torch.tensor([6.0, 6.0]), combo)
+    return rt.engines.velocity(x, torch.tensor([0.3, 0.3]), feats, mask, torch.tensor([6.0, 6.0]), combo)
 
 
 def test_runtime_follows_the_placement_policy(tmp_path, monkeypatch):
@@ -344,7 +344,7 @@ def test_runtime_follows_the_placement_policy(tmp_path, monkeypatch):
     monkeypatch.setattr(torch_engine, "cpu_has_native_bf16", lambda: True)
     rt = Runtime(eng, backend="torch")
     assert asked == [("bf16", "cpu")]
-    params = {p.dtype for p in rt.engine(rt.patch_combos[0]).model.parameters()}
+    params = {p.dtype for p in rt.engines.engine(rt.engines.patch_combos[0]).model.parameters()}
     assert params == {torch.bfloat16}
     seen = _record_sdpa(monkeypatch)
     v = _velocity(rt)
@@ -360,7 +360,7 @@ def test_runtime_on_cuda_runs_the_manifest_precision(tmp_path, monkeypatch):
 
     eng = _bf16_engines(tmp_path)
     rt = Runtime(eng, backend="torch-cuda")
-    params = list(rt.engine(rt.patch_combos[0]).model.parameters())
+    params = list(rt.engines.engine(rt.engines.patch_combos[0]).model.parameters())
     assert {p.dtype for p in params} == {torch.bfloat16} and {p.device.type for p in params} == {"cuda"}
     seen = _record_sdpa(monkeypatch)
     v = _velocity(rt)

@@ -111,7 +111,7 @@ def test_backend_selection_and_overrides(public, monkeypatch):
     with pytest.raises(BackendUnavailableError, match="unknown engine backend 'fast'"):
         Runtime(eng, backend="fast")
     monkeypatch.setenv("LUMINA_RT_ENGINE_BACKEND", "torch")
-    assert Runtime(eng, scales=["2x4"]).backend_name == "torch"
+    assert Runtime(eng, scales=["2x4"]).engines.backend_name == "torch"
 
 
 def test_scales_share_one_copy_of_the_weights(public):

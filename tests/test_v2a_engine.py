@@ -79,7 +79,7 @@ def test_runtime_sound_on_onnxruntime_equals_the_torch_engine(engine_dir):
     clip = torch.rand(3, 12, 24, 24, generator=torch.Generator().manual_seed(0))
     latents, waves = {}, {}
     for backend in ("onnxruntime", "torch"):
-        stage = Runtime(out, backend=backend).sound_stage()
+        stage = Runtime(out, backend=backend).pipeline.audio_stage()
         assert stage.v2a.model.backend == backend
         prepared = stage.v2a.prepare_frames(clip)[None]
         latents[backend] = stage.v2a.generate_latents(prepared, ["a red circle"], seed=2, progress=False)

@@ -56,10 +56,10 @@ def run(args: argparse.Namespace) -> int:
                 "(`lumina-rt build --precision`)"
             )
         runtime = Runtime(args.engine_dir, parallel=parallel)
-        runtime.check_config(fixture.config)
+        runtime.engines.check_config(fixture.config)
         target = runtime.parity_target()
         precision = runtime.engines.precision
-        label = f"engines:{runtime.backend_name}"
+        label = f"engines:{runtime.engines.backend_name}"
         main_rank = runtime.is_main
     else:
         ops.set_backend(args.backend)

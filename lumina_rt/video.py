@@ -1,6 +1,8 @@
 """Video files: write frames as MP4 (libx264, yuv420p; with sound tracks: AAC) or GIF, read videos and their sound.
 
-Everything goes through the ffmpeg that the imageio-ffmpeg wheel ships (no system ffmpeg or ffprobe needed):
+Encoding and decoding go through the ffmpeg that the imageio-ffmpeg wheel ships (no system ffmpeg or ffprobe
+needed); what streams a file holds (kinds, sample rates) is read by PyAV (`media_streams`: ffmpeg's libraries, bundled
+in its wheel), never parsed out of ffmpeg's log text:
 
 - `write_video(frames, path, fps, scale, audio=None, sample_rate=None)`: one ffmpeg call encodes the frames (raw
   RGB on its stdin) and, with `audio`, muxes one AAC track per waveform, each padded with silence or trimmed to the
@@ -17,7 +19,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import subprocess
 import tempfile
 import wave
@@ -180,7 +181,7 @@ def encode_mp4(
 
 def check_tracks(path: Path, count: int, sample_rate: int) -> None:
     """MediaError unless `path` holds `count` sound tracks at `sample_rate` (ffmpeg can drop one with a warning)."""
-    rates = [int(r) for r in _AUDIO_STREAM.findall(stream_listing(path) or "")]
+    rates = [s.sample_rate for s in media_streams(path) or [] if s.kind == "audio"]
     if rates != [sample_rate] * count:
         raise MediaError(f"ffmpeg wrote sound tracks at {rates} Hz into {str(path)!r}, not {count} at {sample_rate} Hz")
 
@@ -344,9 +345,9 @@ def read_video(
     except InputError:
         raise
     except Exception as exc:  # imageio / Pillow / ffmpeg raise OSError, RuntimeError, ValueError, IndexError ...
-        listing = stream_listing(p)
-        if listing is not None and "Video:" not in listing:
-            raise InputError(f"{str(p)!r} has no video stream (ffmpeg finds only: {_kinds(listing)})") from None
+        streams = media_streams(p)
+        if streams is not None and not any(s.kind == "video" for s in streams):
+            raise InputError(f"{str(p)!r} has no video stream (ffmpeg finds only: {_kinds(streams)})") from None
         detail = str(exc).strip().splitlines()
         raise InputError(f"{str(p)!r} is not a readable video: {detail[0] if detail else type(exc).__name__}") from None
     if not arrays:
@@ -357,41 +358,55 @@ def read_video(
     return frames.contiguous(), fps
 
 
-_AUDIO_STREAM = re.compile(r"Stream #\d+:\d+.*?: Audio: [^\n]*?(\d+) Hz")
-_STREAM_KIND = re.compile(r"Stream #\d+:\d+.*?: (\w+):")
+@dataclass(frozen=True)
+class Stream:
+    """One stream of a media file: its kind ("video", "audio", "subtitle", "data", ...) and, for sound, its sample
+    rate in Hz."""
+
+    kind: str
+    sample_rate: int | None = None
 
 
-def stream_listing(path: str | os.PathLike) -> str | None:
-    """ffmpeg's description of a file's streams (its `-i` report), or None when ffmpeg cannot open the file."""
-    res = subprocess.run(
-        [ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, stdin=subprocess.DEVNULL, timeout=60
-    )  # no output file: ffmpeg lists the streams, then exits non-zero
-    text = res.stderr.decode(errors="replace")
-    return text if "Input #0" in text else None
+def media_streams(path: str | os.PathLike) -> list[Stream] | None:
+    """The streams of a media file in the container's order (PyAV opens it with ffmpeg's demuxers; no decoding), or
+    None when it cannot be opened as a media file."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            return [
+                Stream(s.type, int(s.sample_rate) if s.type == "audio" and s.sample_rate else None)
+                for s in container.streams
+            ]
+    except (av.FFmpegError, OSError, ValueError):
+        return None
 
 
-def _kinds(listing: str) -> str:
-    return ", ".join(_STREAM_KIND.findall(listing)) or "no streams"
+def _kinds(streams: list[Stream]) -> str:
+    return ", ".join(s.kind.capitalize() for s in streams) or "no streams"
 
 
 def sound_tracks(path: str | os.PathLike) -> int:
-    """How many sound tracks a media file has (0 also when ffmpeg cannot open it)."""
-    return len(_AUDIO_STREAM.findall(stream_listing(check_readable(path, "media")) or ""))
+    """How many sound tracks a media file has (0 also when it cannot be opened)."""
+    return sum(s.kind == "audio" for s in media_streams(check_readable(path, "media")) or [])
 
 
 def read_audio(path: str | os.PathLike, track: int = 0) -> tuple[torch.Tensor, int]:
     """(waveform float32 [samples] in [-1, 1], sample rate) of sound track `track` of a file, decoded by ffmpeg
     (channels mixed to mono). InputError naming the file when it is missing, unreadable or has no such track."""
     p = check_readable(path, "media")
-    listing = stream_listing(p)
-    if listing is None:
+    streams = media_streams(p)
+    if streams is None:
         raise InputError(f"{str(p)!r} is not a readable media file (ffmpeg cannot open it)")
-    rates = _AUDIO_STREAM.findall(listing)
+    rates = [s.sample_rate for s in streams if s.kind == "audio"]
     if not 0 <= track < len(rates):
-        raise InputError(f"{str(p)!r} has {len(rates)} sound track(s) ({_kinds(listing)}); there is no track {track}")
+        raise InputError(f"{str(p)!r} has {len(rates)} sound track(s) ({_kinds(streams)}); there is no track {track}")
     cmd = ["-i", str(p), "-map", f"0:a:{int(track)}", "-vn", "-ac", "1", "-f", "f32le", "-acodec", "pcm_f32le"]
     res = run_ffmpeg([*cmd, "-loglevel", "error", "pipe:1"], f"decode sound track {track} of {str(p)!r}")
-    return torch.from_numpy(np.frombuffer(res.stdout, dtype="<f4").copy()), int(rates[track])
+    rate = rates[track]
+    if not rate:
+        raise InputError(f"sound track {track} of {str(p)!r} has no sample rate")
+    return torch.from_numpy(np.frombuffer(res.stdout, dtype="<f4").copy()), rate
 
 
 def stream_durations(path: str | os.PathLike) -> dict[str, float]:

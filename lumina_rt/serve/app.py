@@ -547,6 +547,10 @@ def check_submission(runtime: Any, body: dict[str, Any], settings: ServeSettings
     served = served_shapes(runtime)
     sizes = sorted({f"{w}x{h}" for _, h, w in served}, key=lambda s: [int(v) for v in s.split("x")])
     fields = {k: body[k] for k in LUMINA_FIELDS if body.get(k) is not None}
+    try:  # the fields alone first (fps before seconds uses it), in the request model's words
+        GenerationRequest.from_http({"prompt": prompt, **fields})
+    except LuminaError as exc:
+        raise ApiError(400, str(exc), _param_of(str(exc)), "invalid_value") from None
     default = settings.default_size or runtime.pipeline.default_size or served[-1]
     fps = fields.get("fps", 8)
     size = body.get("size")

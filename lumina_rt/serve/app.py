@@ -342,10 +342,22 @@ def create_app(runtime: Any, store: JobStore, scheduler: Scheduler, settings: Se
     # ------------------------------------------------------------------ service
     @app.get("/v1/models", responses=_ERRORS)
     def list_models() -> dict[str, Any]:
-        return {
-            "object": "list",
-            "data": [{"id": settings.model, "object": "model", "created": 0, "owned_by": "lumina_rt"}],
+        """The served model, with lumina_rt's fields: the sizes and lengths (at 8 fps) the engines serve."""
+        served = served_shapes(runtime)
+        frames, height, width = settings.default_size or runtime.pipeline.default_size or served[-1]
+        model = {
+            "id": settings.model,
+            "object": "model",
+            "created": 0,
+            "owned_by": "lumina_rt",
+            "sizes": sorted({f"{w}x{h}" for _, h, w in served}, key=lambda s: [int(v) for v in s.split("x")]),
+            "seconds": [_seconds_text(f, 8) for f in sorted({f for f, _, _ in served})],
+            "default_size": f"{width}x{height}",
+            "default_seconds": _seconds_text(frames, 8),
+            "backend": runtime.engines.backend_name,
+            "audio": bool(runtime.engines.manifest.get("v2a")),
         }
+        return {"object": "list", "data": [model]}
 
     @app.get("/health")
     def health() -> dict[str, str]:

@@ -1,4 +1,7 @@
-"""Build the engines of a checkpoint: `python export/build_engines.py --checkpoint DIR --out DIR`, or `lumina-rt build`.
+"""The build stages: `build(checkpoint, out)` brings an engine directory up to date, stage by stage.
+
+The command line over it is `lumina-rt build` (lumina_rt/cli/build.py: flags, printed report); `python
+export/build_engines.py ARGS` runs that command.
 
 A *build target* says which files a build writes (`--target`):
 
@@ -22,12 +25,12 @@ A stage whose key and files match says "cached" and does nothing:
 6. v2a (with `--v2a DIR`, and for the built-in model its sound model): the V2A checkpoint copied into `v2a/` and,
    unless the target is torch, its velocity exported to `v2a/velocity.onnx` and checked in ONNX Runtime
    (`lumina_rt.engines.v2a_engine`, `lumina_rt.export.v2a_export`);
-7. manifest.json, written when anything changed.
+7. manifest.json (`lumina_rt.engines.manifest.assemble_manifest` over the stages' records), written when anything
+   changed.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -44,17 +47,11 @@ from lumina_rt import components
 from lumina_rt.config import ModelConfig
 from lumina_rt.engines import manifest as mf
 from lumina_rt.engines import onnxruntime_engine, tensorrt_engine
-from lumina_rt.engines.measure import measure_backends, ranking_lines
+from lumina_rt.engines.measure import measure_backends
 from lumina_rt.engines.profiles import (
-    DEFAULT_FRAMES,
-    DEFAULT_MAX_BATCH,
-    DEFAULT_MAX_CAPTION,
-    DEFAULT_RESOLUTIONS,
     ScaleProfile,
     ServeShapes,
     compute_profiles,
-    parse_frames,
-    parse_resolutions,
     token_features,
 )
 from lumina_rt.engines.v2a_engine import V2A_DIR, V2A_ONNX
@@ -62,7 +59,7 @@ from lumina_rt.engines.weights import WEIGHTS_FILE, write_param_store
 from lumina_rt.errors import BackendUnavailableError, ConfigError, EngineError
 from lumina_rt.files import atomic_path, atomic_write
 from lumina_rt.sampling import SAMPLE_PRESETS, SampleConfig
-from lumina_rt.tolerances import DTYPES, PRECISIONS, TOLERANCE
+from lumina_rt.tolerances import PRECISIONS, TOLERANCE
 
 logger = logging.getLogger("lumina_rt.build")
 
@@ -256,6 +253,11 @@ class _Build:
     model: _Model
     tolerance: float = TOLERANCE
     workspace_bytes: int | None = None
+    shapes: ServeShapes = field(default_factory=ServeShapes)
+    latent: Any = None  # components.LatentSpec of the served latents
+    comps: dict[str, Any] = field(default_factory=dict)  # the components the engine directory gets
+    presets: dict[str, Any] = field(default_factory=dict)  # their sample presets
+    default_preset: str = ""
 
     @property
     def combos(self) -> tuple[str, ...]:
@@ -512,9 +514,65 @@ def build(
     written into the engine directory's components.json with the released latent spec and sample presets.
     `v2a`: a V2A checkpoint folder (`lumina_rt.v2a.pipeline`), served as the engine directory's sound model.
     """
+    start = time.perf_counter()
+    released = dict(text_encoder_dtype=text_encoder_dtype, vae_dtype=vae_dtype, vae_tiling=vae_tiling,
+                    vae_slicing=vae_slicing)  # fmt: skip
+    b = _prepare(checkpoint, out, target, precision, shapes, tolerance, workspace_bytes, force, default_preset,
+                 text_encoder, vae, released)  # fmt: skip
+    report = BuildReport(b.out, b.target)
+    export = run_export(b, report)
+    checks = run_checks(b, export, report)
+    plans, gpu, timing_cache = run_engines(b, export, report)
+    components_entry = run_components(b, report)
+    v2a_entry = run_v2a(b, None if v2a is None else Path(v2a), report)
+    manifest = mf.assemble_manifest(
+        model={"name": b.checkpoint.name, "config": b.config.to_kwargs(), "weights_hash": b.weights_hash},
+        target=b.target,
+        precision=b.precision,
+        runtime=runtime_entry(b.target),
+        gpu=gpu,
+        export=export,
+        shapes={**b.shapes.to_dict(), "latent": vars(b.latent)},
+        scales={
+            c: {
+                "patch": list(b.config.check_combo(c)),
+                "token_features": token_features(b.config, c),
+                "profile": b.profiles[c].to_dict(),
+            }
+            for c in b.combos
+        },
+        checks=checks,
+        plans=plans,
+        timing_cache=timing_cache,
+        components=components_entry,
+        default_sample_preset=b.default_preset,
+        sample_presets=b.presets,
+        v2a=v2a_entry,
+    )
+    manifest["ranking"] = report.ranking = run_measure(b, manifest, measure, measure_steps, report)
+    write_if_changed(b, manifest, report)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _prepare(
+    checkpoint: str | Path,
+    out: str | Path,
+    target: str,
+    precision: str,
+    shapes: ServeShapes | None,
+    tolerance: float,
+    workspace_bytes: int | None,
+    force: bool,
+    default_preset: str | None,
+    text_encoder: str | Path | None,
+    vae: str | Path | None,
+    released: dict[str, Any],
+) -> _Build:
+    """Checked arguments, the components, the served profiles and the previous build's manifest (none with
+    `force`)."""
     from lumina_rt.checkpoint import load_config, weights_hash
 
-    start = time.perf_counter()
     checkpoint, out = Path(checkpoint), Path(out)
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
@@ -527,16 +585,16 @@ def build(
         )
     config = load_config(checkpoint)
     shapes = shapes or ServeShapes()
-    comps = build_components(checkpoint, text_encoder, vae, text_encoder_dtype=text_encoder_dtype,
-                             vae_dtype=vae_dtype, vae_tiling=vae_tiling, vae_slicing=vae_slicing)  # fmt: skip
+    comps = build_components(checkpoint, text_encoder, vae, **released)
     latent = components.LatentSpec(**comps.get("latent", {"channels": config.in_channels}))
     if latent.channels != config.in_channels:
         raise ConfigError(
             f"the latent spec has {latent.channels} channels, the model in {str(checkpoint)!r} takes "
             f"{config.in_channels}"
         )
+    presets = comps.get("sampling") or {}
+    preset = _default_preset(config, presets, default_preset)
     out.mkdir(parents=True, exist_ok=True)
-    report = BuildReport(out, target)
     old: dict[str, Any] = {}
     if not force:
         try:
@@ -545,113 +603,108 @@ def build(
             if (out / mf.MANIFEST_FILE).exists():
                 logger.info("starting a fresh build: %s", exc)
     profiles = compute_profiles(config, latent, shapes)
-    b = _Build(checkpoint, out, target, precision, config, weights_hash(checkpoint), profiles, old,
-               _Model(checkpoint), tolerance, workspace_bytes)  # fmt: skip
+    return _Build(checkpoint, out, target, precision, config, weights_hash(checkpoint), profiles, old,
+                  _Model(checkpoint), tolerance, workspace_bytes, shapes, latent, comps, presets, preset)  # fmt: skip
 
+
+def run_export(b: _Build, report: BuildReport) -> dict[str, Any]:
+    """Stage 1: weights.bin and the ONNX graphs; refuses graphs TensorRT's parser would not take."""
     stage, previous = export_stage(b)
-    export = run_stage(stage, previous, out, report)
-    graphs = export["graphs"]
-    if target == "tensorrt":
-        for c, g in graphs.items():
-            from lumina_rt.export.onnx_export import TENSORRT_OPS
+    export = run_stage(stage, previous, b.out, report)
+    if b.target == "tensorrt":
+        from lumina_rt.export.onnx_export import TENSORRT_OPS
 
+        for c, g in export["graphs"].items():
             foreign = [op for op in g.get("ops", []) if op not in TENSORRT_OPS]
             if foreign:
                 raise EngineError(f"graph of scale {c} uses operators TensorRT's ONNX parser does not take: {foreign}")
+    return export
 
+
+def run_checks(b: _Build, export: dict[str, Any], report: BuildReport) -> dict[str, Any]:
+    """Stage 2: each scale's graph against the reference model in ONNX Runtime (none for target torch)."""
     checks: dict[str, Any] = {c: None for c in b.combos}
-    if target != "torch":
-        sub = BuildReport(out, target)
+    if b.target != "torch":
+        sub = BuildReport(b.out, b.target)
         for combo in b.combos:
             prev = b.old_scale(combo, "check")
             checks[combo] = run_stage(
-                check_scale(b, export, combo), prev if prev and prev.get("passed") else None, out, sub
+                check_scale(b, export, combo), prev if prev and prev.get("passed") else None, b.out, sub
             )
         _merge(report, sub, "check")
+    return checks
 
+
+def run_engines(
+    b: _Build, export: dict[str, Any], report: BuildReport
+) -> tuple[dict[str, Any], dict[str, str] | None, dict[str, Any] | None]:
+    """Stage 3 (target tensorrt): a plan per scale; returns (plans per combo, GPU, timing cache entry)."""
     plans: dict[str, Any] = {c: None for c in b.combos}
-    runtime = {"name": "torch", "version": mf.package_version("torch")}
+    if b.target != "tensorrt":
+        return plans, None, None
+    sub = BuildReport(b.out, b.target)
+    for combo in b.combos:
+        plans[combo] = run_stage(engine_scale(b, export, combo), b.old_scale(combo, "engine"), b.out, sub)
+    _merge(report, sub, "engine")
+    timing_cache = {"path": TIMING_CACHE} if (b.out / TIMING_CACHE).is_file() else None
+    return plans, tensorrt_engine.gpu_info(), timing_cache
+
+
+def runtime_entry(target: str) -> dict[str, Any]:
+    """The manifest's `runtime`: what runs the engines of a build target, and its version."""
     if target == "onnx":
-        runtime = {"name": "onnxruntime", "version": onnxruntime_engine.version()}
-    gpu, timing_entry = None, None
+        return {"name": "onnxruntime", "version": onnxruntime_engine.version()}
     if target == "tensorrt":
-        gpu = tensorrt_engine.gpu_info()
-        runtime = {"name": "tensorrt", "version": tensorrt_engine.version()}
-        sub = BuildReport(out, target)
-        for combo in b.combos:
-            plans[combo] = run_stage(engine_scale(b, export, combo), b.old_scale(combo, "engine"), out, sub)
-        _merge(report, sub, "engine")
-        if (out / TIMING_CACHE).is_file():
-            timing_entry = {"path": TIMING_CACHE}
+        return {"name": "tensorrt", "version": tensorrt_engine.version()}
+    return {"name": "torch", "version": mf.package_version("torch")}
 
-    comp_entry = None
-    previous = old.get("components")
-    comp = components_stage(b, comps, previous)
-    if comp is not None:
-        files_there = previous is not None and all((out / f).exists() for f in previous.get("files", []))
-        comp_entry = run_stage(comp, previous if files_there else None, out, report)
-    elif old.get("components"):
-        report.done.append("components: the checkpoint has none any more")
-        (out / components.COMPONENTS_FILE).unlink(missing_ok=True)
 
-    v2a_entry = None
-    if v2a is not None:
-        with_onnx = target != "torch" and onnx_unavailable_reason() is None
-        v2a_entry = run_stage(v2a_stage(b, Path(v2a), with_onnx), old.get("v2a"), out, report)
-    elif old.get("v2a"):
-        report.done.append("v2a: no V2A model any more")
+def run_components(b: _Build, report: BuildReport) -> dict[str, Any] | None:
+    """Stage 4: components.json and the checkpoint's component files (or their removal when it has none now)."""
+    previous = b.old.get("components")
+    stage = components_stage(b, b.comps, previous)
+    if stage is None:
+        if previous:
+            report.done.append("components: the checkpoint has none any more")
+            (b.out / components.COMPONENTS_FILE).unlink(missing_ok=True)
+        return None
+    files_there = previous is not None and all((b.out / f).exists() for f in previous.get("files", []))
+    return run_stage(stage, previous if files_there else None, b.out, report)
 
-    presets = comps.get("sampling") or {}
-    manifest = mf.new_manifest()
-    manifest.update(
-        created=mf.now(),
-        model={"name": checkpoint.name, "config": config.to_kwargs(), "weights_hash": b.weights_hash},
-        target=target,
-        precision=precision,
-        runtime=runtime,
-        gpu=gpu,
-        export={k: v for k, v in export.items() if k not in ("weights", "graphs")},
-        weights=export["weights"],
-        shapes={**shapes.to_dict(), "latent": vars(latent)},
-        scales={
-            combo: {
-                "patch": list(config.check_combo(combo)),
-                "token_features": token_features(config, combo),
-                "onnx": graphs[combo]["onnx"],
-                "opset": graphs[combo]["opset"],
-                "ops": graphs[combo]["ops"],
-                "check": checks[combo],
-                "profile": b.profiles[combo].to_dict(),
-                "engine": plans[combo],
-            }
-            for combo in b.combos
-        },
-        timing_cache=timing_entry,
-        components=comp_entry,
-        default_sample_preset=_default_preset(config, presets, default_preset),
-        sample_presets=presets,
-        ranking=None,
-        v2a=v2a_entry,
-    )
-    manifest = json.loads(json.dumps(manifest))  # plain JSON types, comparable with the one read back
-    stage = measure_stage(b, manifest, measure_steps)
-    previous = old.get("ranking")
+
+def run_v2a(b: _Build, source: Path | None, report: BuildReport) -> dict[str, Any] | None:
+    """Stage 6: the V2A engine (with `--v2a`); its ONNX graph where the target has ONNX and its tools are here."""
+    if source is None:
+        if b.old.get("v2a"):
+            report.done.append("v2a: no V2A model any more")
+        return None
+    with_onnx = b.target != "torch" and onnx_unavailable_reason() is None
+    return run_stage(v2a_stage(b, source, with_onnx), b.old.get("v2a"), b.out, report)
+
+
+def run_measure(
+    b: _Build, manifest: dict[str, Any], measure: bool, steps: int, report: BuildReport
+) -> dict[str, Any] | None:
+    """Stage 5: the engine backends timed on this machine (the ranking `auto` follows); without `measure`, the
+    previous ranking while it still holds, else none."""
+    stage = measure_stage(b, manifest, steps)
+    previous = b.old.get("ranking")
     if measure:
-        manifest["ranking"] = run_stage(stage, previous, out, report)
-    elif previous and previous.get("key") == stage.key:  # not asked to measure: keep a ranking that still holds
-        manifest["ranking"] = previous
-    report.ranking = manifest["ranking"]
-    if old:
-        unchanged = {k: v for k, v in old.items() if k != "created"} == {
+        return run_stage(stage, previous, b.out, report)
+    return previous if previous and previous.get("key") == stage.key else None
+
+
+def write_if_changed(b: _Build, manifest: dict[str, Any], report: BuildReport) -> None:
+    """manifest.json, written when a stage ran or a recorded field changed; files no longer named are removed."""
+    if b.old:
+        unchanged = {k: v for k, v in b.old.items() if k != "created"} == {
             k: v for k, v in manifest.items() if k != "created"
         }
         if not unchanged and not report.done:
             report.done.append("manifest: profiles / presets / versions updated (no file needed rebuilding)")
-    if not old or report.done:
-        mf.write_manifest(out, manifest)
-        _remove_stale(out, old, manifest)
-    report.seconds = time.perf_counter() - start
-    return report
+    if not b.old or report.done:
+        mf.write_manifest(b.out, manifest)
+        _remove_stale(b.out, b.old, manifest)
 
 
 def _merge(report: BuildReport, sub: BuildReport, name: str) -> None:
@@ -683,132 +736,11 @@ def _remove_stale(out: Path, old: dict[str, Any] | None, new: dict[str, Any]) ->
         logger.info("removed stale %s", out / V2A_DIR)
 
 
-def _served_shapes(args: argparse.Namespace) -> ServeShapes:
-    return ServeShapes(
-        resolutions=parse_resolutions(args.resolutions),
-        frames=parse_frames(args.frames),
-        max_batch=args.max_batch,
-        max_caption=args.max_caption,
-    )
+if __name__ == "__main__":
+    # `python export/build_engines.py ARGS` is `lumina-rt build ARGS`: the same flags, output and exit codes, through
+    # the command line's one entry (`python -m lumina_rt`, lumina_rt/cli/__init__.py `main`). Run by name, as
+    # `python -m` does: this file runs as __main__ here, so nothing imports the command line from the library.
+    import runpy
 
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The build command's flags (shared by this script and `lumina-rt build`)."""
-    p.add_argument("--checkpoint", required=True, help="checkpoint directory (native or released layout)")
-    p.add_argument("--out", required=True, help="engine directory to create or bring up to date")
-    p.add_argument(
-        "--target",
-        default="auto",
-        choices=TARGETS,
-        help="files to build: torch (weights only), onnx (+ ONNX graphs), tensorrt (+ plans); auto: the most this "
-        "machine can build and run",
-    )
-    p.add_argument(
-        "--precision",
-        default="fp32",
-        choices=PRECISIONS,
-        help="engine precision (bf16: torch / TensorRT, the GPU default to choose; fp16: TensorRT, torch on CUDA)",
-    )
-    default_res = ",".join(f"{h}x{w}" for h, w in DEFAULT_RESOLUTIONS)
-    p.add_argument(
-        "--resolutions", default=default_res, help=f"served HEIGHTxWIDTH in pixels, comma-separated ({default_res})"
-    )
-    p.add_argument(
-        "--frames",
-        default=",".join(map(str, DEFAULT_FRAMES)),
-        help="served frame counts, comma-separated (1 = image)",
-    )
-    p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="prompts per call (engines take 2x: CFG)")
-    p.add_argument("--max-caption", type=int, default=DEFAULT_MAX_CAPTION, help="longest caption in tokens")
-    p.add_argument("--default-preset", default=None, help="sample preset Runtime.generate uses by default")
-    p.add_argument("--tolerance", type=float, default=TOLERANCE, help="max relative error of the ONNX check")
-    p.add_argument("--workspace-gib", type=float, default=None, help="TensorRT builder workspace limit")
-    p.add_argument("--force", action="store_true", help="rebuild every stage even if cached")
-    p.add_argument(
-        "--no-measure",
-        action="store_true",
-        help="do not time the engine backends (auto then follows a fixed order instead of the measured ranking)",
-    )
-    p.add_argument("--measure-steps", type=int, default=3, help="timed steps per backend and scale (default 3)")
-    released = p.add_argument_group("the released pipeline's components (referenced by absolute path, not copied)")
-    released.add_argument(
-        "--text-encoder",
-        default=None,
-        metavar="GEMMA_DIR",
-        help="local Gemma-2-2B folder (transformers layout): prompts are encoded as released (needs the 'text' extra)",
-    )
-    released.add_argument(
-        "--vae",
-        default=None,
-        metavar="VAE_DIR",
-        help="local CogVideoX VAE folder (diffusers layout, e.g. CogVideoX-2b/vae): videos are decoded as released "
-        "(needs the 'vae' extra); also sets the released latent spec (16 channels, x4 time, x8 space)",
-    )
-    dtypes = ["auto", *DTYPES]
-    released.add_argument(
-        "--text-encoder-dtype", default="auto", choices=dtypes, help="auto: bf16 on CUDA, fp32 on the CPU"
-    )
-    released.add_argument("--vae-dtype", default="auto", choices=dtypes, help="auto: bf16 on CUDA, fp32 on the CPU")
-    released.add_argument("--vae-tiling", action="store_true", help="decode in spatial tiles (less memory)")
-    released.add_argument("--vae-slicing", action="store_true", help="decode one video of a batch at a time")
-    p.add_argument(
-        "--v2a",
-        default=None,
-        metavar="V2A_DIR",
-        help="V2A checkpoint folder: also build its engine (sound for `generate --audio`; docs/audio.md)",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    report = build(
-        args.checkpoint,
-        args.out,
-        target=args.target,
-        precision=args.precision,
-        shapes=_served_shapes(args),
-        default_preset=args.default_preset,
-        tolerance=args.tolerance,
-        workspace_bytes=int(args.workspace_gib * 2**30) if args.workspace_gib else None,
-        force=args.force,
-        measure=not args.no_measure,
-        measure_steps=args.measure_steps,
-        text_encoder=args.text_encoder,
-        vae=args.vae,
-        text_encoder_dtype=args.text_encoder_dtype,
-        vae_dtype=args.vae_dtype,
-        vae_tiling=args.vae_tiling,
-        vae_slicing=args.vae_slicing,
-        v2a=args.v2a,
-    )
-    for line in report.cached:
-        print(f"cached  {line}")
-    for line in report.done:
-        print(f"built   {line}")
-    for line in ranking_lines(report.ranking):
-        print(line)
-    if report.changed:
-        print(f"engines (target {report.target}) written to {report.engine_dir} in {report.seconds:.1f} s")
-    else:
-        print(f"nothing to do: the engines in {report.engine_dir} are up to date (target {report.target})")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    from lumina_rt.errors import LuminaError
-
-    parser = argparse.ArgumentParser(prog="build_engines.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        return run(args)
-    except LuminaError as exc:
-        print(f"build: error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":  # `python export/build_engines.py`: run the installed module (lumina_rt.export)
-    from lumina_rt.export.build_engines import main as _main
-
-    sys.exit(_main())
+    sys.argv[1:1] = ["build"]
+    runpy.run_module("lumina_rt", run_name="__main__", alter_sys=True)

@@ -147,11 +147,11 @@ def test_build_writes_the_released_components(released, capsys):
     ]
     assert not (eng / "gemma").exists() and not (eng / "vae").exists()  # referenced, not copied
 
-    # The same flags through export/build_engines.py: nothing changed, nothing to do.
-    from lumina_rt.export.build_engines import main as build_main
+    # The same flags through `lumina-rt build` (which export/build_engines.py runs): nothing changed, nothing to do.
+    from lumina_rt.cli import main
 
     capsys.readouterr()
-    assert build_main(_build_argv(ckpt, gemma, vae, eng)) == 0
+    assert main(["build", *_build_argv(ckpt, gemma, vae, eng)]) == 0
     assert "nothing to do" in capsys.readouterr().out
 
 

@@ -193,3 +193,62 @@ def write_manifest(engine_dir: str | os.PathLike, manifest: dict[str, Any]) -> P
 
 def new_manifest() -> dict[str, Any]:
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "lumina_rt_version": lumina_version()}
+
+
+def assemble_manifest(
+    *,
+    model: dict[str, Any],
+    target: str,
+    precision: str,
+    runtime: dict[str, Any],
+    gpu: dict[str, Any] | None,
+    export: dict[str, Any],
+    shapes: dict[str, Any],
+    scales: dict[str, dict[str, Any]],
+    checks: dict[str, dict[str, Any] | None],
+    plans: dict[str, dict[str, Any] | None],
+    timing_cache: dict[str, Any] | None,
+    components: dict[str, Any] | None,
+    default_sample_preset: str,
+    sample_presets: dict[str, Any],
+    v2a: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The manifest of one build, from what its stages recorded (plain JSON types; see the module docstring).
+
+    `export`: the export stage's record (its `weights` entry and per-scale `graphs` included); `scales`: per patch
+    combo its `patch`, `token_features` and `profile`; `checks` / `plans`: per combo the check and engine stages'
+    records (or None). `ranking` is null: the measure stage times the engines this manifest names, then fills it in.
+    """
+    graphs = export["graphs"]
+    manifest = new_manifest()
+    manifest.update(
+        created=now(),
+        model=model,
+        target=target,
+        precision=precision,
+        runtime=runtime,
+        gpu=gpu,
+        export={k: v for k, v in export.items() if k not in ("weights", "graphs")},
+        weights=export["weights"],
+        shapes=shapes,
+        scales={
+            combo: {
+                "patch": scale["patch"],
+                "token_features": scale["token_features"],
+                "onnx": graphs[combo]["onnx"],
+                "opset": graphs[combo]["opset"],
+                "ops": graphs[combo]["ops"],
+                "check": checks[combo],
+                "profile": scale["profile"],
+                "engine": plans[combo],
+            }
+            for combo, scale in scales.items()
+        },
+        timing_cache=timing_cache,
+        components=components,
+        default_sample_preset=default_sample_preset,
+        sample_presets=sample_presets,
+        ranking=None,
+        v2a=v2a,
+    )
+    return json.loads(json.dumps(manifest))  # plain JSON types, comparable with a manifest read back

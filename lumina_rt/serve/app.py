@@ -334,8 +334,8 @@ def create_app(runtime: Any, store: JobStore, scheduler: Scheduler, settings: Se
                 elif idle >= 15.0:
                     idle = 0.0
                     yield ": keep-alive\n\n"
-                await asyncio.sleep(0.05)
-                idle += 0.05
+                await asyncio.sleep(0.02)
+                idle += 0.02
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 

@@ -100,6 +100,7 @@ class JobStore:
         self._db.execute("PRAGMA synchronous=FULL")  # a job the client heard "accepted" for survives power loss
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        self._progress: dict[str, int] = {}  # of running jobs: in memory (a restart runs them from 0 again)
 
     def close(self) -> None:
         with self._lock:
@@ -116,10 +117,16 @@ class JobStore:
                 raise
             self._db.execute("COMMIT")
 
+    def _job(self, row: sqlite3.Row) -> Job:
+        job = Job.from_row(row)
+        if job.status == "in_progress":
+            job.progress = self._progress.get(job.id, job.progress)
+        return job
+
     def _one(self, sql: str, args: tuple = ()) -> Job | None:
         with self._lock:
             row = self._db.execute(sql, args).fetchone()
-        return None if row is None else Job.from_row(row)
+        return None if row is None else self._job(row)
 
     # ------------------------------------------------------------------ submission
     def add(
@@ -169,7 +176,7 @@ class JobStore:
             rows = self._db.execute(
                 f"SELECT * FROM jobs WHERE {where} ORDER BY seq {direction} LIMIT ?", (*args, limit + 1)
             ).fetchall()
-        jobs = [Job.from_row(r) for r in rows]
+        jobs = [self._job(r) for r in rows]
         return jobs[:limit], len(jobs) > limit
 
     def queued(self, limit: int = 64) -> list[Job]:
@@ -213,11 +220,15 @@ class JobStore:
         return [Job.from_row(r) for r in rows]
 
     def set_progress(self, job_id: str, progress: int) -> None:
-        with self._lock:
-            self._db.execute("UPDATE jobs SET progress = ? WHERE id = ? AND status = 'in_progress'", (progress, job_id))
+        """A running job's progress (kept in memory: no disk write per sampler step)."""
+        self._progress[job_id] = int(progress)
+
+    def _done(self, job_id: str) -> None:
+        self._progress.pop(job_id, None)
 
     def requeue(self, job_id: str) -> None:
         """Back to the queue without counting the attempt (a batch split to run item by item)."""
+        self._done(job_id)
         with self._lock:
             self._db.execute(
                 "UPDATE jobs SET status = 'queued', progress = 0, attempts = MAX(attempts - 1, 0) "
@@ -228,6 +239,7 @@ class JobStore:
     def complete(self, job_id: str, result: dict[str, Any], ttl_seconds: float | None) -> None:
         now = int(time.time())
         expires = None if ttl_seconds is None else now + int(ttl_seconds)
+        self._done(job_id)
         with self._lock:
             self._db.execute(
                 "UPDATE jobs SET status = 'completed', progress = 100, completed_at = ?, expires_at = ?, result = ? "
@@ -238,6 +250,7 @@ class JobStore:
     def fail(self, job_id: str, code: str, message: str, ttl_seconds: float | None = None) -> None:
         now = int(time.time())
         expires = None if ttl_seconds is None else now + int(ttl_seconds)
+        self._done(job_id)
         with self._lock:
             self._db.execute(
                 "UPDATE jobs SET status = 'failed', completed_at = ?, expires_at = ?, error_code = ?, "
@@ -252,6 +265,7 @@ class JobStore:
             if row is None:
                 return None
             db.execute("UPDATE jobs SET deleted = 1 WHERE id = ?", (job_id,))
+        self._done(job_id)
         shutil.rmtree(self.output_dir(job_id), ignore_errors=True)
         return Job.from_row(row)
 

@@ -1,0 +1,113 @@
+"""`lumina-rt serve` under load: videos per minute and p50 / p95 latency at concurrency 1, 4, 8 on the built-in
+model, batching on vs off in one run, and the server's overhead over a direct `Runtime.generate` at concurrency 1.
+
+Not a timed unit test: it reports (bench/report.md, bench/report.json). A real server process on a free loopback
+port per setting; each client thread submits a job, polls it until it completes and downloads the MP4.
+Request: 8 frames of 32 x 32 (1 s at 8 fps), the built-in model's default preset (15 model evaluations, guidance:
+at most 2 jobs per batch with its engines).
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import report_rows
+
+pytest.importorskip("fastapi", reason="the serve extra is not installed")
+httpx = pytest.importorskip("httpx", reason="httpx (test extra) is not installed")
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ helpers (bench/ is not a package)
+from tests.test_serve import PROMPTS, SIZE, ServerProcess  # noqa: E402
+
+JOBS = {1: 6, 4: 12, 8: 16}  # jobs per concurrency level
+SECTION = "Serving (built-in model, 8 x 32 x 32, real server process)"
+
+
+@pytest.fixture(scope="module")
+def engine_dir() -> Path:
+    from lumina_rt.builtin.engines import builtin_engines
+
+    return builtin_engines()
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def run_load(server: ServerProcess, concurrency: int, jobs: int) -> dict:
+    latencies: list[float] = []
+    batches: list[int] = []
+    lock = threading.Lock()
+    counter = iter(range(jobs))
+
+    def client() -> None:
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            for i in counter:
+                t0 = time.perf_counter()
+                job = c.post("/v1/videos", json={"prompt": PROMPTS[i % 4], **SIZE, "seed": i}).json()
+                while (video := c.get(f"/v1/videos/{job['id']}").json())["status"] not in ("completed", "failed"):
+                    time.sleep(0.005)
+                assert video["status"] == "completed", video
+                assert c.get(f"/v1/videos/{job['id']}/content").status_code == 200
+                with lock:
+                    latencies.append(time.perf_counter() - t0)
+                    batches.append(video["batch_size"])
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    wall = time.perf_counter() - start
+    assert len(latencies) == jobs
+    return {
+        "videos_per_min": 60 * jobs / wall,
+        "p50_s": statistics.median(latencies),
+        "p95_s": percentile(latencies, 0.95),
+        "mean_batch": sum(batches) / len(batches),
+    }
+
+
+def test_serve_throughput_latency_and_overhead(engine_dir, tmp_path):
+    from lumina_rt.runtime import Runtime
+
+    results = {}
+    for name, flags in (("on", ("--max-batch", "4")), ("off", ("--max-batch", "1"))):
+        server = ServerProcess(engine_dir, tmp_path / f"store-{name}", *flags)
+        try:
+            run_load(server, 1, 2)  # warm-up
+            for concurrency, jobs in JOBS.items():
+                r = run_load(server, concurrency, jobs)
+                results[(name, concurrency)] = r
+                report_rows.add(SECTION, {"batching": name, "concurrency": concurrency, "jobs": jobs, **r})
+        finally:
+            server.stop()
+
+    runtime = Runtime(engine_dir)
+    kwargs = dict(frames=8, height=32, width=32, progress=False)
+    direct = report_rows.median_ms(lambda: runtime.generate(PROMPTS[0], **kwargs), reps=7, warmup=2) / 1e3
+    out = tmp_path / "direct.mp4"
+    saved = report_rows.median_ms(lambda: runtime.generate(PROMPTS[0], **kwargs).save(out, scale=1), reps=7) / 1e3
+    served = results[("off", 1)]["p50_s"]
+    report_rows.SUMMARY["serve_overhead_over_generate"] = {
+        "value": served / direct - 1,
+        "sizes": f"concurrency 1: server p50 {served:.3f} s (submit -> completed -> MP4 downloaded) vs "
+        f"Runtime.generate {direct:.3f} s (generate + MP4 save: {saved:.3f} s)",
+    }
+    report_rows.SUMMARY["serve_overhead_over_generate_and_save"] = {
+        "value": served / saved - 1,
+        "sizes": "the same, against generate + GenerationResult.save(mp4)",
+    }
+    for concurrency in JOBS:
+        on, off = results[("on", concurrency)], results[("off", concurrency)]
+        report_rows.SUMMARY[f"serve_batching_speedup_c{concurrency}"] = {
+            "value": on["videos_per_min"] / off["videos_per_min"],
+            "sizes": f"videos/min batching on / off at concurrency {concurrency}",
+        }

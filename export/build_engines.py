@@ -23,7 +23,8 @@ A stage whose key and files match says "cached" and does nothing:
 5. measure: every engine backend that can run here, timed per scale on the served shape; the ranking that
    `auto` follows at run time (`lumina_rt.engines.measure`);
 6. v2a (with `--v2a DIR`, and for the built-in model its sound model): the V2A checkpoint copied into `v2a/` and,
-   unless the target is torch, its velocity exported to `v2a/velocity.onnx` and checked in ONNX Runtime
+   unless the target is torch, its velocity exported to `v2a/velocity.onnx` and checked in ONNX Runtime; the graph
+   reads its weights from the copied `v2a/model.safetensors` (ONNX external data), so they are stored once
    (`lumina_rt.engines.v2a_engine`, `lumina_rt.export.v2a_export`);
 7. manifest.json (`lumina_rt.engines.manifest.assemble_manifest` over the stages' records), written when anything
    changed.
@@ -471,14 +472,16 @@ def v2a_stage(b: _Build, source: Path, with_onnx: bool) -> Stage:
                 shutil.copy2(source / rel, tmp / rel)
             pipe = V2APipeline.from_dir(tmp)  # the copy loads
             frames = (pipe.min_frames, pipe.max_frames)
-            if with_onnx:
+            if with_onnx:  # its weights: external data in the copied checkpoint file (stored once)
                 from lumina_rt.export.v2a_export import export_and_check
+                from lumina_rt.v2a.model import V2A_WEIGHTS
 
-                onnx_info, check = export_and_check(pipe.model, tmp, frames, b.tolerance)
+                onnx_info, check = export_and_check(pipe.model, tmp, frames, b.tolerance, V2A_WEIGHTS)
         entries = [mf.file_entry(b.out, f"{V2A_DIR}/{rel}") for rel in files]
         note = f"copied {source} ({len(files)} files)"
         if with_onnx:
-            note += f", {V2A_ONNX} ({onnx_info['nodes']} nodes), ONNX Runtime vs reference {check['max_rel_err']:.1e}"
+            note += (f", {V2A_ONNX} ({onnx_info['nodes']} nodes, weights read from the copied checkpoint), "
+                     f"ONNX Runtime vs reference {check['max_rel_err']:.1e}")  # fmt: skip
         return {"note": note, "source": str(source.resolve()), "name": source.name,
                 "config": pipe.model.config.to_kwargs(), "frames": list(frames),
                 "sample_rate": pipe.spec.sample_rate, "fps": pipe.spec.fps, "files": entries,

@@ -13,6 +13,10 @@ Graph inputs (float32 unless noted; B batch, F video frames, L caption length, a
 Output: `velocity` [B, C, F*k, M]. `V2AModel.velocity` computes the two kinds of tables from the frame count (a
 Python int); for the graph they are inputs, so one graph serves every clip length: while tracing, the model's
 table functions return the graph's inputs (`tables_as_inputs`), everything else is the model's own code.
+
+Weights are stored once in an engine directory: the build's graph (`export_and_check`) holds no copy of the
+checkpoint's tensors; its initializers are ONNX external data pointing into the copied checkpoint file beside it
+(`model.safetensors`, float32), which the torch backends load too (`point_into_checkpoint`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
+import json
 import logging
 import os
 import sys
@@ -33,13 +38,15 @@ import torch
 
 from lumina_rt import ops
 from lumina_rt.engines.v2a_engine import INPUT_NAMES, OUTPUT_NAME, v2a_tables
+from lumina_rt.engines.weights import content_key
 from lumina_rt.errors import EngineError
 from lumina_rt.tolerances import rel_err
 
 logger = logging.getLogger(__name__)
 
 OPSET = 20
-EXPORT_FORMAT = 1  # bump when the graph's inputs or layout change: part of the build's cache key
+# Bump when the graph's inputs or layout change (part of the build's cache key); 2: weights read from the checkpoint.
+EXPORT_FORMAT = 2
 EXPORT_EXAMPLE = (2, 3, 7)  # (batch, frames, caption) of the traced example; every check case differs from it
 
 
@@ -189,16 +196,103 @@ def check_onnx(path: str | os.PathLike, model: torch.nn.Module, frames: tuple[in
     return {"passed": True, "max_rel_err": worst, "cases": results, "tolerance": tolerance}
 
 
+def checkpoint_tensors(path: str | os.PathLike) -> dict[str, tuple[int, np.ndarray]]:
+    """The float32 tensors of a safetensors file: name -> (byte offset of its data in the file, array)."""
+    raw = Path(path).read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + size])
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__" or info.get("dtype") != "F32":
+            continue
+        begin, end = info["data_offsets"]
+        start = 8 + size + begin
+        out[name] = (start, np.frombuffer(raw, np.float32, (end - begin) // 4, start).reshape(info["shape"]))
+    return out
+
+
+def point_into_checkpoint(proto: Any, checkpoint: str | os.PathLike) -> dict[str, int]:
+    """Make the graph read its weights from `checkpoint` (a safetensors file beside the graph) instead of holding
+    a copy, in place: an initializer with the bytes of a float32 tensor of the file becomes ONNX external data at
+    that tensor's offset; one holding a 2-D tensor transposed reads the tensor through a Transpose node (folded by
+    ONNX Runtime when it loads). Other initializers (constants the exporter made) stay in the graph.
+
+    Returns {"external", "transposed", "inline_bytes"}: the counts and the bytes still held by the graph.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    location = Path(checkpoint).name
+    direct: dict[str, tuple[str, int, np.ndarray]] = {}
+    transposed: dict[str, tuple[str, int, np.ndarray]] = {}
+    for name, (offset, arr) in checkpoint_tensors(checkpoint).items():
+        direct.setdefault(content_key(arr), (name, offset, arr))
+        if arr.ndim == 2:
+            transposed.setdefault(content_key(np.ascontiguousarray(arr.T)), (name, offset, arr))
+
+    def external(init: Any, offset: int, nbytes: int) -> None:
+        for fld in ("raw_data", "float_data"):
+            init.ClearField(fld)
+        init.data_location = TensorProto.EXTERNAL
+        del init.external_data[:]
+        for key, value in (("location", location), ("offset", offset), ("length", nbytes)):
+            item = init.external_data.add()
+            item.key, item.value = key, str(value)
+
+    graph = proto.graph
+    taken = {i.name for i in graph.initializer} | {n for node in graph.node for n in node.output}
+    counts = {"external": 0, "transposed": 0, "inline_bytes": 0}
+    added, transposes = [], []
+    for init in list(graph.initializer):
+        arr = numpy_helper.to_array(init)
+        key = content_key(arr)
+        if arr.dtype == np.float32 and key in direct:
+            _, offset, _ = direct[key]
+            external(init, offset, arr.nbytes)
+            counts["external"] += 1
+        elif arr.dtype == np.float32 and key in transposed:
+            name, offset, source = transposed[key]
+            source_name = f"{name}@checkpoint"
+            if source_name not in taken:
+                tensor = numpy_helper.from_array(source, source_name)
+                external(tensor, offset, source.nbytes)
+                added.append(tensor)
+                taken.add(source_name)
+            transposes.append(helper.make_node("Transpose", [source_name], [init.name], perm=[1, 0]))
+            graph.initializer.remove(init)
+            counts["transposed"] += 1
+        else:
+            counts["inline_bytes"] += arr.nbytes
+    graph.initializer.extend(added)
+    for node in reversed(transposes):
+        graph.node.insert(0, node)
+    return counts
+
+
 def export_and_check(
-    model: torch.nn.Module, out_dir: Path, frames: tuple[int, int], tolerance: float
+    model: torch.nn.Module,
+    out_dir: Path,
+    frames: tuple[int, int],
+    tolerance: float,
+    checkpoint: str = "model.safetensors",
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Export to `out_dir/velocity.onnx` and check it: ({opset, nodes, seconds}, check record)."""
-    info = export_v2a(model, out_dir / Path("velocity.onnx"))
-    check = check_onnx(out_dir / "velocity.onnx", model, frames, tolerance)
+    """Export to `out_dir/velocity.onnx` with its weights read from `out_dir/checkpoint` (the copied V2A checkpoint:
+    `point_into_checkpoint`), and check it: ({opset, nodes, seconds, external, transposed, inline_bytes}, check)."""
+    import onnx
+
+    path = out_dir / "velocity.onnx"
+    info = export_v2a(model, path)
+    proto = onnx.load(str(path))
+    info.update(point_into_checkpoint(proto, out_dir / checkpoint))
+    onnx.save(proto, str(path))
+    onnx.checker.check_model(str(path))  # by path: the external data resolved beside the graph
+    check = check_onnx(path, model, frames, tolerance)
     logger.info(
-        "exported the V2A model in %.1f s (%d nodes); ONNX Runtime vs reference: max rel err %.2e",
+        "exported the V2A model in %.1f s (%d nodes, %.1f KiB of constants in the graph, its weights read from %s); "
+        "ONNX Runtime vs reference: max rel err %.2e",
         info["seconds"],
         info["nodes"],
+        info["inline_bytes"] / 1024,
+        checkpoint,
         check["max_rel_err"],
     )
     return info, check

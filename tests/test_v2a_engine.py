@@ -68,6 +68,14 @@ def test_build_adds_the_v2a_engine_and_caches_it(engine_dir, v2a_dir):
     assert entry["sample_rate"] == 16000 and entry["fps"] == 8 and entry["opset"] == 20
     assert entry["check"]["passed"] and entry["check"]["max_rel_err"] <= TOLERANCES["fp32"]
     assert {f["path"] for f in entry["files"]} >= {"v2a/config.json", "v2a/model.safetensors"}
+    # the weights are stored once: the graph's initializers read the copied checkpoint file, the graph holds none
+    import onnx
+
+    graph = onnx.load(str(out / "v2a" / "velocity.onnx"), load_external_data=False).graph
+    external = [i for i in graph.initializer if i.data_location == onnx.TensorProto.EXTERNAL]
+    assert len(external) > 10
+    assert {e.value for i in external for e in i.external_data if e.key == "location"} == {"model.safetensors"}
+    assert sum(len(i.raw_data) for i in graph.initializer) < 0.01 * (out / "v2a" / "model.safetensors").stat().st_size
     again = build(ckpt, out, target="onnx", measure=False, v2a=v2a_dir)
     assert not again.changed and "v2a: found cached V2A engine" in again.cached
 

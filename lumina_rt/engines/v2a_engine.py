@@ -3,8 +3,10 @@
 The V2A model has one scale. `lumina-rt build ... --v2a DIR` (and the built-in model's build) copies the V2A
 checkpoint into `v2a/` of the engine directory and, for ONNX targets, exports one graph `v2a/velocity.onnx` with
 dynamic batch, frame count and caption length (export/v2a_export.py), checked against the reference model
-in ONNX Runtime. Backends come from the video engines' table (`BACKENDS`), those that can serve a
-V2A model: onnxruntime(-cuda) runs the graph, torch(-cuda) the reference model loaded from the copied checkpoint.
+in ONNX Runtime. The weights are stored once: the graph's initializers are ONNX external data pointing into the
+copied checkpoint's `v2a/model.safetensors`, the file the torch backends load. Backends come from the video engines'
+table (`BACKENDS`), those that can serve a V2A model: onnxruntime(-cuda) runs the graph, torch(-cuda) the reference
+model loaded from the copied checkpoint.
 
 The tables that depend on the clip's frame count (2D RoPE over the audio tokens, the frame-to-token interpolation
 weights) are computed here and fed to the graph, as the video engines feed their RoPE tables: one graph serves

@@ -396,6 +396,38 @@ def test_failing_job_fails_alone(engine_dir, tmp_path):
     assert metric(text, "lumina_rt_batch_size_count") == 3  # the pair, then each alone
 
 
+def test_unwritable_output_fails_the_job_and_the_server_goes_on(engine_dir, tmp_path):
+    """Outputs that cannot be written (here: the job's folder is under a regular file) fail that job with a
+    storage_error; the next job completes. (In-process server on a loopback port.)"""
+    from lumina_rt.runtime import Runtime
+    from lumina_rt.serve import ServeOptions, Server
+
+    server = Server(Runtime(engine_dir), ServeOptions(port=free_port(), store=tmp_path / "store", max_batch=1))
+    good_dir = server.store.output_dir
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    store = server.store
+    doomed = "a red circle that cannot be saved"
+
+    def output_dir(job_id: str) -> Path:
+        job = store.get(job_id)
+        return blocker / job_id if job is not None and job.prompt == doomed else good_dir(job_id)
+
+    store.output_dir = output_dir
+    server.start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            first = c.post("/v1/videos", json={"prompt": doomed, **SIZE}).json()
+            second = c.post("/v1/videos", json={"prompt": PROMPTS[1], **SIZE}).json()
+            failed, done = wait_for(c, first["id"]), wait_for(c, second["id"])
+            assert c.get("/health").status_code == 200
+    finally:
+        server.stop()
+    assert failed["status"] == "failed" and failed["error"]["code"] == "storage_error", failed
+    assert "could not write the output" in failed["error"]["message"]
+    assert done["status"] == "completed"
+
+
 # ------------------------------------------------------------------------------------------------ errors
 def test_api_key_401(start_server):
     server = start_server("--api-key", "s3cret")

@@ -45,7 +45,7 @@ packages = [
 setup(
     packages=packages,
     package_dir={"lumina_rt": "lumina_rt", "lumina_rt.kernels": "kernels", "lumina_rt.export": "export"},
-    package_data={"lumina_rt": ["builtin/*", "builtin/v2a/*"]},
+    package_data={"lumina_rt": ["builtin/*", "builtin/v2a/*", "serve/static/*"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

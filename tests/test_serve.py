@@ -44,12 +44,20 @@ def free_port() -> int:
 class ServerProcess:
     """`python -m lumina_rt serve ENGINE_DIR` on 127.0.0.1 and a free port; output in `log`."""
 
-    def __init__(self, engine_dir: Path, store: Path, *args: str, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        engine_dir: Path,
+        store: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        launcher: tuple[str, ...] = (),
+    ):
+        """`launcher`: arguments between the interpreter and `-m lumina_rt` (e.g. `-m torch.distributed.run ...`)."""
         self.engine_dir, self.store, self.args = engine_dir, store, args
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = store.parent / f"server-{self.port}.log"
-        cmd = [sys.executable, "-m", "lumina_rt", "serve", str(engine_dir), "--host", "127.0.0.1"]
+        cmd = [sys.executable, *launcher, "-m", "lumina_rt", "serve", str(engine_dir), "--host", "127.0.0.1"]
         cmd += ["--port", str(self.port), "--store", str(store), *args]
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen(

@@ -7,7 +7,7 @@ import signal
 import threading
 from pathlib import Path
 
-from lumina_rt.cli.common import Runner
+from lumina_rt.cli.common import Runner, add_parallel_flags, parallel_config
 
 
 def add(p: argparse.ArgumentParser) -> Runner:
@@ -24,6 +24,7 @@ def add(p: argparse.ArgumentParser) -> Runner:
     )
     p.add_argument("--ttl-hours", type=float, default=24.0, help="outputs expire after this (default 24; 0: never)")
     p.add_argument("--backend", default="auto", help="engine backend (default auto: the measured fastest)")
+    add_parallel_flags(p)
     return run
 
 
@@ -43,7 +44,15 @@ def run(args: argparse.Namespace) -> int:
         engine_dir = Path(args.engine_dir)
     from lumina_rt.runtime import Runtime
 
-    runtime = Runtime(engine_dir, backend=args.backend)
+    runtime = Runtime(engine_dir, backend=args.backend, parallel=parallel_config(args))
+    link = None
+    if args.sp is not None or args.cfg_parallel:  # under torchrun: rank 0 serves, every rank runs each batch
+        from lumina_rt.serve.scheduler import RankLink, follow
+
+        link = RankLink()
+        if not runtime.is_main:
+            follow(runtime, link)
+            return 0
     options = ServeOptions(
         host=args.host,
         port=args.port,
@@ -55,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         ttl_hours=args.ttl_hours,
         default_size=default_size,
     )
-    server = Server(runtime, options)
+    server = Server(runtime, options, link)
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())

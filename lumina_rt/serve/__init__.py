@@ -52,7 +52,8 @@ class ServeOptions:
 class Server:
     """A running server: the runtime, the store, the scheduler, the app and uvicorn."""
 
-    def __init__(self, runtime: Any, options: ServeOptions):
+    def __init__(self, runtime: Any, options: ServeOptions, link: Any = None):
+        """`link`: under torchrun, rank 0's `scheduler.RankLink` (the other ranks run `scheduler.follow`)."""
         import uvicorn
 
         from lumina_rt.serve.app import ServeSettings, create_app
@@ -77,6 +78,7 @@ class Server:
             batch_wait_ms=options.batch_wait_ms,
             ttl_seconds=ttl,
             sweep_seconds=options.sweep_seconds or min(60.0, max(0.5, (ttl or 240.0) / 4)),
+            link=link,
         )
         settings = ServeSettings(
             model=options.model,

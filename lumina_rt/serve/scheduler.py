@@ -93,8 +93,11 @@ class Scheduler:
         batch_wait_ms: float = 10.0,
         ttl_seconds: float | None = 24 * 3600.0,
         sweep_seconds: float = 60.0,
+        link: RankLink | None = None,
     ):
+        """`link`: under torchrun, rank 0's link to the other ranks (each runs every batch: `follow`)."""
         self.runtime = runtime
+        self.link = link
         self.store = store
         self.max_batch = max(1, int(max_batch))
         self.batch_wait = max(0.0, float(batch_wait_ms)) / 1000.0
@@ -152,6 +155,8 @@ class Scheduler:
             except Exception:  # the worker must outlive any error (a broken store, a bug): log, wait, go on
                 logger.exception("worker error")
                 self._stop.wait(1.0)
+        if self.link is not None and not self.link.broken:
+            self.link.send(None)  # the other ranks' `follow` returns
 
     def _max_batch_for(self, params: dict[str, Any]) -> int:
         pipe = self.runtime.pipeline
@@ -202,7 +207,9 @@ class Scheduler:
                 logger.info("cancelled %s", ", ".join(ids))
                 self.metrics.finished.labels("cancelled").inc(len(jobs))
             except Exception as exc:
-                if len(jobs) == 1:
+                if self.link is not None and not isinstance(exc, LuminaError):
+                    self._lost_rank(jobs, exc)
+                elif len(jobs) == 1:
                     self._fail(jobs[0], exc)
                 else:  # one bad item must not fail the others: run them one by one
                     logger.warning("batch of %d failed (%s): running its jobs one by one", len(jobs), exc)
@@ -215,6 +222,19 @@ class Scheduler:
             self._running.difference_update(ids)
             self._cancelled.difference_update(ids)
             self.metrics.in_flight.set(0)
+
+    def _lost_rank(self, jobs: list[Job], exc: BaseException) -> None:
+        """A process of the torchrun group failed mid-batch: fail its jobs with the message, stop taking jobs
+        (/ready turns false; queued jobs wait in the store for a restart)."""
+        message = f"a process of the torchrun group failed: {type(exc).__name__}: {exc}"
+        logger.error("%s; not ready any more", message)
+        for job in jobs:
+            self.store.fail(job.id, "rank_failed", message, self.ttl_seconds)
+        self.metrics.finished.labels("failed").inc(len(jobs))
+        assert self.link is not None
+        self.link.broken = True
+        self.ready = False
+        self._stop.set()
 
     def _fail(self, job: Job, exc: BaseException) -> None:
         if isinstance(exc, OSError):
@@ -249,7 +269,12 @@ class Scheduler:
     def _generate(self, jobs: list[Job]) -> None:
         p = jobs[0].params
         start = time.perf_counter()
-        result = generate_batch(self.runtime, [j.params for j in jobs], self._callback(jobs))
+        items = [j.params for j in jobs]
+        callback = self._callback(jobs)
+        if self.link is not None:
+            self.link.send(items)
+            callback = self.link.stepper(callback)
+        result = generate_batch(self.runtime, items, callback)
         run_seconds = time.perf_counter() - start
         self.seconds_per_job = 0.8 * self.seconds_per_job + 0.2 * run_seconds / len(jobs)
         for i, job in enumerate(jobs):
@@ -311,6 +336,51 @@ class Scheduler:
         except Exception:
             logger.exception("sweeper error")
             return 0
+
+
+class RankLink:
+    """Under torchrun: rank 0 sends each batch's items to the other ranks and, after each sampler step, whether to
+    stop (so every rank leaves sampling at the same step). A gloo group of its own, made on every rank in the same
+    order (`RankLink()` right after the `Runtime`)."""
+
+    def __init__(self) -> None:
+        import torch.distributed as dist
+
+        self.dist = dist
+        self.group = dist.new_group(backend="gloo")
+        self.rank = dist.get_rank()
+        self.broken = False
+
+    def send(self, items: list[dict[str, Any]] | None) -> None:
+        self.dist.broadcast_object_list([items], src=0, group=self.group)
+
+    def receive(self) -> list[dict[str, Any]] | None:
+        box: list[Any] = [None]
+        self.dist.broadcast_object_list(box, src=0, group=self.group)
+        return box[0]
+
+    def stop(self, stop: bool) -> bool:
+        flag = torch.tensor([1 if stop else 0])
+        self.dist.broadcast(flag, src=0, group=self.group)
+        return bool(flag.item())
+
+    def stepper(self, callback: Callable[[int, int, str], Any]) -> Callable[[int, int, str], bool]:
+        """Rank 0's callback: its own decision, shared with the other ranks."""
+        return lambda done, total, combo: self.stop(callback(done, total, combo) is True)
+
+
+def follow(runtime: Any, link: RankLink) -> None:
+    """The loop of ranks other than 0: run every batch rank 0 sends, stop where it stops, until it sends None."""
+    while True:
+        items = link.receive()
+        if items is None:
+            return
+        try:
+            generate_batch(runtime, items, lambda done, total, combo: link.stop(False))
+        except Cancelled:
+            pass
+        except LuminaError as exc:  # rank 0 meets the same error with the same inputs and fails the job
+            logger.warning("rank %d: %s", link.rank, exc)
 
 
 def generate_batch(runtime: Any, items: list[dict[str, Any]], callback: Callable[[int, int, str], Any] | None = None):

@@ -37,8 +37,6 @@ from typing import TYPE_CHECKING, Any
 from lumina_rt.errors import EngineError, InputError, ScheduleError
 
 if TYPE_CHECKING:
-    import argparse
-
     from lumina_rt.sampling import SampleConfig
 
 SEED_MAX = 2**63 - 1
@@ -112,23 +110,29 @@ def _numbers(value: Any) -> list[Any]:
     return [value]
 
 
-def check_output_path(path: str | os.PathLike, said: str, audio: bool = False) -> Path:
-    """An output video path the writer may replace: .mp4 / .gif, in an existing writable folder, and not a
-    read-only file or a folder. Never creates anything."""
+def _writable(path: Path) -> bool:
+    """Writable by this process, and not marked read-only (no write bit: refused even for root, who may write)."""
+    return os.access(path, os.W_OK) and bool(path.stat().st_mode & 0o222)
+
+
+def check_output_path(path: str | os.PathLike, said: str, audio: str | None = None) -> Path:
+    """An output video path the writer may replace: .mp4 / .gif (.mp4 with `audio`, how the caller asked for
+    sound, e.g. "--audio"), in an existing writable folder, and not a read-only file or a folder. Never creates
+    anything."""
     out = Path(path)
     suffix = out.suffix.lower()
     if suffix not in VIDEO_SUFFIXES:
         raise InputError(f"{said}: the output must end in .mp4 or .gif")
     if audio and suffix != ".mp4":
-        raise InputError(f"{said}: a video with sound must be an .mp4 (a GIF has no sound track)")
+        raise InputError(f"{said}: {audio} needs an .mp4 (a GIF has no sound track)")
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir():
         raise InputError(f"{said}: the folder {str(folder)!r} does not exist (create it first)")
-    if not os.access(folder, os.W_OK | os.X_OK):
+    if not _writable(folder):
         raise InputError(f"{said}: the folder {str(folder)!r} is read-only")
     if out.is_dir():
         raise InputError(f"{said}: is a folder, not a video file")
-    if out.exists() and not os.access(out, os.W_OK):
+    if out.exists() and not _writable(out):
         raise InputError(f"{said}: the file exists and is read-only (it is not replaced)")
     return out
 
@@ -198,8 +202,8 @@ class GenerationRequest:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_cli(cls, args: argparse.Namespace) -> GenerationRequest:
-        """From `lumina-rt generate`'s flags (see lumina_rt/cli/generate.py)."""
+    def from_cli(cls, args: Any) -> GenerationRequest:
+        """From `lumina-rt generate`'s parsed flags (an argparse.Namespace; see lumina_rt/cli/generate.py)."""
 
         def time_aware(text: str | None) -> Any:
             if text is None:
@@ -340,7 +344,7 @@ class GenerationRequest:
         if self.scale is not None and (not _is_int(self.scale) or not 1 <= self.scale <= SCALE_MAX):
             raise InputError(f"{self.said('scale')}: must be a whole number 1 .. {SCALE_MAX}")
         if self.out is not None:
-            check_output_path(self.out, self.said("out"), self.audio)
+            check_output_path(self.out, self.said("out"), self.said("audio", True) if self.audio else None)
 
     def _prompts(self) -> None:
         if self.caption_features is not None:

@@ -13,6 +13,7 @@ import hmac
 import json
 import logging
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -236,6 +237,7 @@ def create_app(runtime: Any, store: JobStore, scheduler: Scheduler, settings: Se
         form. An `Idempotency-Key` header returns the job a repeated submission made."""
         body = await _read_body(request, settings.max_body_bytes)
         fields = await run_in_threadpool(check_submission, runtime, body, settings)
+        fields["params"]["submitted_at"] = time.time()
         key = request.headers.get("idempotency-key")
         try:
             job, created = store.add(**fields, idempotency_key=key or None, max_queue=settings.max_queue)

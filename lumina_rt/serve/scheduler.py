@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -111,6 +112,7 @@ class Scheduler:
         self._threads: list[threading.Thread] = []
         self.ready = False
         self.seconds_per_job = 1.0  # running mean, for Retry-After
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="lumina-rt-writer")
 
     # ------------------------------------------------------------------ control
     def start(self) -> None:
@@ -129,6 +131,7 @@ class Scheduler:
         self.notify()
         for thread in self._threads:
             thread.join(timeout)
+        self._writer.shutdown(wait=True)
 
     def notify(self) -> None:
         """A job was queued."""
@@ -281,6 +284,7 @@ class Scheduler:
             if job.id in self._cancelled:
                 self.metrics.finished.labels("cancelled").inc()
                 continue
+            written = time.perf_counter()
             try:
                 self._write_outputs(job, _item(result, i), p["fps"])
             except Exception as exc:
@@ -289,14 +293,19 @@ class Scheduler:
             if job.id in self._cancelled:  # deleted while its files were written
                 self.store.delete(job.id)
                 continue
-            queued_seconds = (job.started_at or time.time()) - job.created_at
+            queued_seconds = (job.started_at or time.time()) - job.params.get("submitted_at", job.created_at)
+            timings = {
+                "queued_s": round(max(queued_seconds, 0.0), 4),
+                "generate_s": round(run_seconds, 4),
+                "write_s": round(time.perf_counter() - written, 4),
+            }
             self.store.complete(
                 job.id,
                 {
                     "evaluations": result.evaluations,
                     "backend": result.backend,
                     "batch_size": len(jobs),
-                    "timings": {"queued_s": round(max(queued_seconds, 0.0), 3), "generate_s": round(run_seconds, 4)},
+                    "timings": timings,
                     "cache": result.cache,
                     "audio": result.audio is not None,
                 },
@@ -312,12 +321,17 @@ class Scheduler:
         folder.mkdir(parents=True, exist_ok=True)
         frames = result.video[0].clamp(0, 1)  # [3, F, H, W]
         pixels = (frames.permute(1, 2, 3, 0) * 255).round().to(torch.uint8).numpy()  # [F, H, W, 3]
-        with atomic_path(folder / OUTPUT_FILES["thumbnail"][0], keep_suffix=True) as tmp:
-            iio.imwrite(tmp, pixels[len(pixels) // 2], extension=".png")
-        with atomic_path(folder / OUTPUT_FILES["spritesheet"][0], keep_suffix=True) as tmp:
-            iio.imwrite(tmp, _sprite_sheet(pixels), extension=".png")
+
+        def images() -> None:
+            with atomic_path(folder / OUTPUT_FILES["thumbnail"][0], keep_suffix=True) as tmp:
+                iio.imwrite(tmp, pixels[len(pixels) // 2], extension=".png")
+            with atomic_path(folder / OUTPUT_FILES["spritesheet"][0], keep_suffix=True) as tmp:
+                iio.imwrite(tmp, _sprite_sheet(pixels), extension=".png")
+
+        side = self._writer.submit(images)  # beside the MP4 encode (an ffmpeg process)
         with atomic_path(folder / OUTPUT_FILES["video"][0], keep_suffix=True) as tmp:
             result.save(tmp, fps=fps, scale=1)
+        side.result()
 
     # ------------------------------------------------------------------ expiry
     def _sweep(self) -> None:

@@ -249,16 +249,16 @@ class _Build:
     precision: str
     config: ModelConfig
     weights_hash: str
+    shapes: ServeShapes
+    latent: components.LatentSpec  # of the served latents
     profiles: dict[str, ScaleProfile]
-    old: dict[str, Any]
+    comps: dict[str, Any]  # the components the engine directory gets
+    presets: dict[str, Any]  # their sample presets
+    default_preset: str
+    old: dict[str, Any]  # the previous build's manifest ({} for a fresh build)
     model: _Model
     tolerance: float = TOLERANCE
     workspace_bytes: int | None = None
-    shapes: ServeShapes = field(default_factory=ServeShapes)
-    latent: Any = None  # components.LatentSpec of the served latents
-    comps: dict[str, Any] = field(default_factory=dict)  # the components the engine directory gets
-    presets: dict[str, Any] = field(default_factory=dict)  # their sample presets
-    default_preset: str = ""
 
     @property
     def combos(self) -> tuple[str, ...]:
@@ -606,8 +606,10 @@ def _prepare(
             if (out / mf.MANIFEST_FILE).exists():
                 logger.info("starting a fresh build: %s", exc)
     profiles = compute_profiles(config, latent, shapes)
-    return _Build(checkpoint, out, target, precision, config, weights_hash(checkpoint), profiles, old,
-                  _Model(checkpoint), tolerance, workspace_bytes, shapes, latent, comps, presets, preset)  # fmt: skip
+    return _Build(checkpoint=checkpoint, out=out, target=target, precision=precision, config=config,
+                  weights_hash=weights_hash(checkpoint), shapes=shapes, latent=latent, profiles=profiles, comps=comps,
+                  presets=presets, default_preset=preset, old=old, model=_Model(checkpoint), tolerance=tolerance,
+                  workspace_bytes=workspace_bytes)  # fmt: skip
 
 
 def run_export(b: _Build, report: BuildReport) -> dict[str, Any]:

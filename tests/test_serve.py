@@ -372,6 +372,24 @@ def test_batched_generation_equals_solo_within_1e6(engine_dir):
         assert diff <= 1e-6 and rel.item() <= 1e-6, (diff, rel.item())
 
 
+def test_generate_callback_reports_each_step_and_stops(engine_dir):
+    """The library hook the server uses: `Runtime.generate(callback=...)` after each sampler step; True stops."""
+    from lumina_rt.errors import Cancelled
+    from lumina_rt.runtime import Runtime
+
+    runtime = Runtime(engine_dir)
+    steps: list[tuple[int, int, str]] = []
+    kwargs = dict(frames=8, height=32, width=32, progress=False)
+    result = runtime.generate(PROMPTS[0], callback=lambda *a: steps.append(a), **kwargs)
+    total = result.config.step - 1
+    assert [s[0] for s in steps] == list(range(1, total + 1)) and {s[1] for s in steps} == {total}
+    assert [s[2] for s in steps] == result.steps  # the patch combo of each step run
+    seen: list[int] = []
+    with pytest.raises(Cancelled):
+        runtime.generate(PROMPTS[0], callback=lambda done, total, combo: seen.append(done) or done == 3, **kwargs)
+    assert seen == [1, 2, 3]
+
+
 def test_failing_job_fails_alone(engine_dir, tmp_path):
     """A job that raises at run time fails alone: its batch is run again item by item and the others complete.
     (In-process server on a loopback port: the runtime is wrapped to raise for one prompt.)"""

@@ -36,7 +36,7 @@ class ServeOptions:
 
     host: str = "127.0.0.1"
     port: int = 8000
-    store: str | os.PathLike | None = None  # default: default_store()
+    store: str | os.PathLike[str] | None = None  # default: default_store()
     api_key: str | None = None  # default: $LUMINA_RT_API_KEY
     max_queue: int = 64
     max_batch: int = 4
@@ -109,7 +109,6 @@ class Server:
     def start(self, timeout: float = 60.0) -> Server:
         """Serve in a background thread; returns once the port accepts connections."""
         self.scheduler.start()
-        self.uvicorn.config.install_signal_handlers = False  # type: ignore[attr-defined]
         self._thread = threading.Thread(target=self.uvicorn.run, name="lumina-rt-http", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + timeout
@@ -128,7 +127,9 @@ class Server:
         self.store.close()
 
 
-def serve(engine_dir: str | os.PathLike | Any, runtime_options: dict[str, Any] | None = None, **options: Any) -> Server:
+def serve(
+    engine_dir: str | os.PathLike[str] | Any, runtime_options: dict[str, Any] | None = None, **options: Any
+) -> Server:
     """Start a server in this process over the engines of `engine_dir` (or a `lumina_rt.Runtime`); returns the
     running `Server` (its `url`; `stop()` ends it). `options`: the fields of `ServeOptions`."""
     from lumina_rt.runtime import Runtime

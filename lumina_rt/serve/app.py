@@ -178,7 +178,7 @@ _CREATE_SCHEMA = {
 # ---------------------------------------------------------------------------------------------- the app
 def create_app(runtime: Any, store: JobStore, scheduler: Scheduler, settings: ServeSettings) -> FastAPI:
     """The FastAPI app over a loaded runtime, a job store and its running scheduler."""
-    app = FastAPI(title="lumina-rt serve", version="1", description=__doc__.splitlines()[0])
+    app = FastAPI(title="lumina-rt serve", version="1", description=(__doc__ or "").splitlines()[0])
     metrics = scheduler.metrics
 
     @app.exception_handler(ApiError)

@@ -361,7 +361,7 @@ class RankLink:
         import torch.distributed as dist
 
         self.dist = dist
-        self.group = dist.new_group(backend="gloo")
+        self.group: Any = dist.new_group(backend="gloo")
         self.rank = dist.get_rank()
         self.broken = False
 

@@ -87,7 +87,7 @@ class JobStore:
     """Jobs in `<folder>/jobs.sqlite3` (WAL), outputs in `<folder>/outputs/<id>/`. Thread-safe (one connection
     behind a lock: every statement is short)."""
 
-    def __init__(self, folder: str | os.PathLike, max_attempts: int = 3):
+    def __init__(self, folder: str | os.PathLike[str], max_attempts: int = 3):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.outputs = self.folder / "outputs"
@@ -123,7 +123,7 @@ class JobStore:
             job.progress = self._progress.get(job.id, job.progress)
         return job
 
-    def _one(self, sql: str, args: tuple = ()) -> Job | None:
+    def _one(self, sql: str, args: tuple[Any, ...] = ()) -> Job | None:
         with self._lock:
             row = self._db.execute(sql, args).fetchone()
         return None if row is None else self._job(row)
@@ -198,7 +198,7 @@ class JobStore:
         """Jobs by status (deleted ones not counted)."""
         with self._lock:
             rows = self._db.execute("SELECT status, COUNT(*) FROM jobs WHERE deleted = 0 GROUP BY status").fetchall()
-        out = dict.fromkeys(STATUSES, 0)
+        out: dict[str, int] = dict.fromkeys(STATUSES, 0)
         out.update({r[0]: r[1] for r in rows})
         return out
 

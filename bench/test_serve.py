@@ -32,7 +32,7 @@ SECTION = "Serving (built-in model, 8 x 32 x 32, real server process)"
 def engine_dir() -> Path:
     from lumina_rt.builtin.engines import builtin_engines
 
-    return builtin_engines()
+    return builtin_engines(audio=True)
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -102,7 +102,7 @@ class ServerProcess:
 def engine_dir() -> Path:
     from lumina_rt.builtin.engines import builtin_engines
 
-    return builtin_engines()
+    return builtin_engines(audio=True)
 
 
 @pytest.fixture
@@ -228,6 +228,18 @@ def test_json_and_form_bodies_and_idempotency(start_server):
         assert first["id"] == again["id"]
         assert wait_for(c, first["id"])["status"] == "completed"
         assert len(c.get("/v1/videos").json()["data"]) == 2
+
+
+def test_audio_job_has_a_sound_track(start_server, tmp_path):
+    from lumina_rt.video import sound_tracks
+
+    server = start_server()
+    with server.client() as c:
+        job = c.post("/v1/videos", data={"prompt": PROMPTS[0], **SIZE, "audio": "true"})
+        assert job.status_code == 200, job.text
+        assert wait_for(c, job.json()["id"], timeout=120)["status"] == "completed"
+        (tmp_path / "sound.mp4").write_bytes(c.get(f"/v1/videos/{job.json()['id']}/content").content)
+    assert sound_tracks(tmp_path / "sound.mp4") == 1
 
 
 def test_sse_events_follow_progress(start_server):

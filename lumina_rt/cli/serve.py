@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         from lumina_rt.builtin import BUILTIN_DEFAULT_SIZE
         from lumina_rt.builtin.engines import builtin_engines
 
-        engine_dir, default_size = builtin_engines(), BUILTIN_DEFAULT_SIZE
+        engine_dir, default_size = builtin_engines(audio=True), BUILTIN_DEFAULT_SIZE  # the page offers sound
     else:
         engine_dir = Path(args.engine_dir)
     from lumina_rt.runtime import Runtime

@@ -23,7 +23,11 @@ def add(p: argparse.ArgumentParser) -> Runner:
         "--batch-wait-ms", type=float, default=10.0, help="how long a job waits for batch company (default 10)"
     )
     p.add_argument("--ttl-hours", type=float, default=24.0, help="outputs expire after this (default 24; 0: never)")
-    p.add_argument("--backend", default="auto", help="engine backend (default auto: the measured fastest)")
+    from lumina_rt.engines import BACKENDS
+
+    p.add_argument(
+        "--backend", default="auto", choices=["auto", *BACKENDS], help="engine backend (default auto: the fastest)"
+    )
     add_parallel_flags(p)
     return run
 

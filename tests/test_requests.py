@@ -445,3 +445,19 @@ def test_warm_run_reuses_the_engines_and_builds_no_v2a_engine(builtin_cache, tmp
             im.seek(i)
             delays.append(im.info["duration"])
     assert delays == [130, 120] * 4  # 8 fps in GIF's 10 ms unit: 1 s for 8 frames
+
+
+def test_python_builds_the_v2a_engine_on_the_first_audio_request(builtin_cache, tmp_path, monkeypatch):
+    import shutil
+
+    from lumina_rt.runtime import Runtime
+
+    cache = tmp_path / "cache"
+    shutil.copytree(builtin_cache, cache)  # the session's engines stay without a V2A engine
+    monkeypatch.setenv("LUMINA_RT_CACHE", str(cache))
+    runtime = Runtime.builtin()
+    manifest = cache / "engines" / "builtin" / "manifest.json"
+    assert json.loads(manifest.read_text()).get("v2a") is None
+    result = runtime.generate(PROMPT, audio=True, audio_steps=3, progress=False)
+    assert result.audio is not None and result.audio.shape[0] == 1
+    assert json.loads(manifest.read_text())["v2a"] is not None

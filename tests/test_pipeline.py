@@ -76,7 +76,8 @@ def test_requests_outside_the_engines_are_reported_in_the_users_terms(builtin_to
     with pytest.raises(EngineError, match=r"^frames=8, height=32, width=1000: 2000 tokens at scale 2x2, outside every "
                        r"built profile .*up to 64 tokens\); served frames x height x width: 8x32x32"):  # fmt: skip
         rt.generate("a red circle", frames=8, height=32, width=1000, preset="multi_scale", progress=False)
-    with pytest.raises(EngineError, match=r"^prompt: 3 prompts; these engines take at most 2 with guidance \(rebuild with a larger --max-batch\)"):
+    many = r"^prompt: 3 prompts; these engines take at most 2 with guidance \(rebuild with a larger --max-batch\)"
+    with pytest.raises(EngineError, match=many):
         rt.generate(["a", "b", "c"], frames=8, height=32, width=32, progress=False)
 
 

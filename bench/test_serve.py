@@ -10,7 +10,6 @@ at most 2 jobs per batch with its engines).
 from __future__ import annotations
 
 import statistics
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,8 +20,7 @@ import report_rows
 pytest.importorskip("fastapi", reason="the serve extra is not installed")
 httpx = pytest.importorskip("httpx", reason="httpx (test extra) is not installed")
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ helpers (bench/ is not a package)
-from tests.test_serve import PROMPTS, SIZE, ServerProcess  # noqa: E402
+from tests.test_serve import PROMPTS, SIZE, ServerProcess  # noqa: E402  (pyproject: pytest puts the root on sys.path)
 
 JOBS = {1: 6, 4: 12, 8: 16}  # jobs per concurrency level
 SECTION = "Serving (built-in model, 8 x 32 x 32, real server process)"

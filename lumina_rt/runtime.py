@@ -76,25 +76,24 @@ class Runtime:
         pipeline.default_size, pipeline.default_scale, pipeline.builtin = BUILTIN_DEFAULT_SIZE, BUILTIN_SCALE, True
         if not runtime.engines.manifest.get("v2a"):
 
-            def sound():  # noqa: ANN202 - first generate(audio=True): build the sound model's engine, then load it
+            def sound() -> Soundtrack:  # first generate(audio=True): build the sound model's engine, then load it
                 from lumina_rt.engines.manifest import read_manifest
-                from lumina_rt.engines.v2a_engine import load_v2a
-                from lumina_rt.v2a.soundtrack import Soundtrack
 
                 builtin_engines(precision, audio=True)
-                backend, verify, threads = runtime._v2a_options
-                return Soundtrack(load_v2a(engine_dir, read_manifest(engine_dir), backend, verify, threads))
+                return runtime._sound_stage(read_manifest(engine_dir))
 
             pipeline.use_audio(sound)
         return runtime
 
-    def _sound_stage(self) -> Soundtrack:
-        """The audio stage over the directory's V2A engine (`pipeline.audio_stage()` loads it once)."""
+    def _sound_stage(self, manifest: dict[str, Any] | None = None) -> Soundtrack:
+        """The audio stage over the directory's V2A engine (`pipeline.audio_stage()` loads it once); `manifest`: the
+        directory's manifest when it changed after loading (the built-in model's sound engine built on first use)."""
         from lumina_rt.engines.v2a_engine import load_v2a
         from lumina_rt.v2a.soundtrack import Soundtrack
 
         backend, verify, threads = self._v2a_options
-        return Soundtrack(load_v2a(self.engines.engine_dir, self.engines.manifest, backend, verify, threads))
+        manifest = self.engines.manifest if manifest is None else manifest
+        return Soundtrack(load_v2a(self.engines.engine_dir, manifest, backend, verify, threads))
 
     @property
     def is_main(self) -> bool:

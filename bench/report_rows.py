@@ -14,6 +14,24 @@ HERE = Path(__file__).resolve().parent
 ROWS: dict[str, list[dict[str, Any]]] = {}
 SUMMARY: dict[str, Any] = {}
 CEILINGS: dict[str, float] = {}
+SKIPPED: dict[str, str] = {}  # row (the bench test's id) -> the missing extra, as the skip said it
+
+
+def onnx_missing() -> str | None:
+    """Why ONNX Runtime rows cannot run here (the build's own check), or None."""
+    from lumina_rt.export.build_engines import onnx_unavailable_reason
+
+    return onnx_unavailable_reason()
+
+
+def needs_onnx(row: str) -> None:
+    """Skip the bench row `row` (recorded in report.json's "skipped_rows") when the `onnx` extra is missing."""
+    reason = onnx_missing()
+    if reason is not None:
+        SKIPPED[row] = f"needs the 'onnx' extra: {reason}"
+        import pytest
+
+        pytest.skip(f"{row}: {SKIPPED[row]}")
 
 
 def steady_allocator() -> bool:
@@ -91,8 +109,9 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def write() -> None:
-    if not ROWS and not SUMMARY:
+def write(out: Path = HERE) -> None:
+    """bench/report.json and bench/report.md (into `out`) from the rows, ratios and skipped rows of this session."""
+    if not ROWS and not SUMMARY and not SKIPPED:
         return
     info = {
         "machine": cpu_name(),
@@ -100,8 +119,8 @@ def write() -> None:
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
-    report = {"info": info, "ceilings": CEILINGS, **SUMMARY, "sections": ROWS}
-    (HERE / "report.json").write_text(json.dumps(report, indent=2))
+    report = {"info": info, "ceilings": CEILINGS, **SUMMARY, "sections": ROWS, "skipped_rows": SKIPPED}
+    (out / "report.json").write_text(json.dumps(report, indent=2))
     lines = ["# lumina_rt CPU benchmark report", ""]
     lines.append(f"{info['date']}, torch {info['torch']}, {info['threads']} threads, {info['machine']}.")
     lines.append("")
@@ -121,4 +140,8 @@ def write() -> None:
         for r in rows:
             lines.append("| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |")
         lines.append("")
-    (HERE / "report.md").write_text("\n".join(lines))
+    if SKIPPED:
+        lines += ["## Skipped rows", "", "| row | why |", "|---|---|"]
+        lines += [f"| `{row}` | {why} |" for row, why in SKIPPED.items()]
+        lines.append("")
+    (out / "report.md").write_text("\n".join(lines))

@@ -54,7 +54,8 @@ def bench_inputs(batch: int, dtype: torch.dtype):
 
 @functools.cache
 def _engine_dir() -> Path:
-    """ONNX engines of the same model, built once per bench session (with the backend ranking measured)."""
+    """Engines of the same model (ONNX, or torch on a base install without the `onnx` extra), built once per bench
+    session (with the backend ranking measured)."""
     from lumina_rt.checkpoint import save_native
     from lumina_rt.engines.profiles import ServeShapes
     from lumina_rt.export.build_engines import build
@@ -63,7 +64,7 @@ def _engine_dir() -> Path:
     root = Path(tempfile.mkdtemp(prefix="lumina_rt_bench_"))
     save_native(root / "ckpt", model.config, model.state_dict())
     shapes = ServeShapes(resolutions=(LATENT[2:],), frames=(LATENT[1],), max_batch=2, max_caption=CAP_LEN)
-    build(root / "ckpt", root / "engines", target="onnx", shapes=shapes)
+    build(root / "ckpt", root / "engines", target="torch" if report_rows.onnx_missing() else "onnx", shapes=shapes)
     return root / "engines"
 
 
@@ -71,6 +72,7 @@ def _engine_dir() -> Path:
 def _ort_runtime():
     from lumina_rt.runtime import Runtime
 
+    report_rows.needs_onnx("ONNX Runtime engines")
     return Runtime(_engine_dir(), backend="onnxruntime")
 
 
@@ -83,6 +85,8 @@ STEP_TIMES: dict[tuple[str, str, str], float] = {}
 def test_step(benchmark, combo, backend, dtype_name):
     if backend == "onnxruntime" and dtype_name == "bf16":
         pytest.skip("ONNX Runtime engines are fp32 on CPU (bf16 engines need TensorRT)")
+    if backend == "onnxruntime":
+        report_rows.needs_onnx(f"step {combo} onnxruntime {dtype_name}")
     if backend != "onnxruntime" and backend not in ops.available_backends():
         pytest.fail(f"kernel backend {backend!r} is not available: the C++ extension lumina_rt._C is not built")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
@@ -114,6 +118,7 @@ def test_step(benchmark, combo, backend, dtype_name):
 
 def test_ort_over_torch_summary():
     """Step time ratio, ONNX Runtime over torch eager (fp32), per patch size; the headline is the finest patch."""
+    report_rows.needs_onnx("ort_over_torch")
     ratios = {}
     for combo in ("1x2", "2x2", "2x4"):
         ort, eager = STEP_TIMES.get((combo, "onnxruntime", "fp32")), STEP_TIMES.get((combo, "torch", "fp32"))
@@ -128,6 +133,7 @@ def test_ort_over_torch_summary():
 def test_ort_attention_forms():
     """ONNX Runtime step time with the two exported attention forms (fused MultiHeadAttention over MatMul / Softmax),
     per scale, timed in turns on the same inputs; the engine build exports the form this measures faster."""
+    report_rows.needs_onnx("ort_mha_over_decomposed")
     import numpy as np
     import onnx
     import onnxruntime as ort
@@ -320,6 +326,8 @@ def _sample_ms(preset: str, velocity_fn, cache: str | None = None) -> tuple[floa
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
 def test_end_to_end_multiscale_vs_single(backend):
     """End-to-end sampling with the released f24F96R960 schedules (single vs multi-scale), same steps and backend."""
+    if backend == "onnxruntime":
+        report_rows.needs_onnx("multiscale_over_single")
     velocity_fn = _ort_runtime().velocity if backend == "onnxruntime" else bench_model().velocity
     single_ms, single_combos = _sample_ms("f24F96R960", velocity_fn)
     multi_ms, multi_combos = _sample_ms("f24F96R960-MultiScale", velocity_fn)
@@ -338,6 +346,7 @@ def test_end_to_end_multiscale_vs_single(backend):
 
 def test_end_to_end_step_cache():
     """End-to-end sampling with step caching ("safe") against uncached, single- and multi-scale, ONNX Runtime fp32."""
+    report_rows.needs_onnx("cache_over_uncached")
     velocity_fn = _ort_runtime().velocity
     times, evals = {}, {}
     for preset in ("f24F96R960", "f24F96R960-MultiScale"):

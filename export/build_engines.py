@@ -413,9 +413,8 @@ def components_stage(b: _Build, comps: dict[str, Any], previous: dict[str, Any] 
 
 
 # -------------------------------------------------------------------------------------------- 5. measure
-def measure_stage(b: _Build, manifest: dict[str, Any], steps: int) -> Stage:
-    from lumina_rt.engines.measure import host
-
+def measure_key(manifest: dict[str, Any], precision: str, steps: int) -> str:
+    """The measure stage's cache key: the engine files, precision, profiles, this host, backend versions, steps."""
     files = [manifest["weights"].get("sha256")]
     files += [
         ((s.get("onnx") or {}).get("sha256"), (s.get("engine") or {}).get("sha256"))
@@ -423,8 +422,12 @@ def measure_stage(b: _Build, manifest: dict[str, Any], steps: int) -> Stage:
     ]
     versions = {n: mf.package_version(n) for n in ("torch", "onnxruntime", "onnxruntime-gpu", "tensorrt")}
     profiles = {c: s["profile"] for c, s in manifest["scales"].items()}
-    key = mf.cache_key("measure", files=files, precision=b.precision, profiles=profiles, host=host(),
-                       versions=versions, steps=steps)  # fmt: skip
+    return mf.cache_key("measure", files=files, precision=precision, profiles=profiles, host=mf.host(),
+                        versions=versions, steps=steps)  # fmt: skip
+
+
+def measure_stage(b: _Build, manifest: dict[str, Any], steps: int) -> Stage:
+    key = measure_key(manifest, b.precision, steps)
 
     def run() -> dict[str, Any]:
         ranking = measure_backends(b.out, manifest, steps=steps)
@@ -432,6 +435,25 @@ def measure_stage(b: _Build, manifest: dict[str, Any], steps: int) -> Stage:
         return {"note": f"fastest engine backend per scale: {best}", **ranking}
 
     return Stage("measure", key, [], run, "found a ranking measured on this machine")
+
+
+def measure_only(engine_dir: str | Path, steps: int = 3) -> BuildReport:
+    """`lumina-rt build --measure-only ENGINE_DIR`: time the engine backends of an existing engine directory on this
+    host and record the ranking (with this host) in its manifest, touching nothing else (no checkpoint needed)."""
+    start = time.perf_counter()
+    out = Path(engine_dir)
+    manifest = mf.read_manifest(out)
+    report = BuildReport(out, str(manifest.get("target")))
+    previous = manifest.get("ranking") or {}
+    ranking = measure_backends(out, manifest, steps=steps)
+    ranking["key"] = measure_key(manifest, str(manifest.get("precision", "fp32")), steps)
+    manifest["ranking"] = report.ranking = ranking
+    mf.write_manifest(out, manifest)
+    was = mf.host_label(previous.get("host")) if previous else "none"
+    best = ", ".join(f"{c} {rows[0]['backend']}" for c, rows in ranking["scales"].items())
+    report.done.append(f"measure: fastest engine backend per scale: {best} (previous ranking's host: {was})")
+    report.seconds = time.perf_counter() - start
+    return report
 
 
 # -------------------------------------------------------------------------------------------- 6. v2a

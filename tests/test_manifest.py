@@ -216,3 +216,112 @@ def test_tensorrt_absence_is_a_typed_error():
     with pytest.raises(BackendUnavailableError, match="cannot build TensorRT engines"):
         resolve_target("tensorrt")
     assert resolve_target("auto") == "onnx"
+
+
+# ------------------------------------------------------------------------------------------------ measuring host
+
+
+@pytest.fixture
+def torch_engines(tmp_path):
+    """A tiny model's torch engines (random weights, one served shape), built with the ranking measured."""
+    import torch
+
+    from lumina_rt.checkpoint import save_native
+    from lumina_rt.export.build_engines import build
+    from lumina_rt.model import MultiScaleNextDiT
+
+    torch.manual_seed(0)
+    ckpt = save_native(tmp_path / "ckpt", TINY, MultiScaleNextDiT(TINY).state_dict())
+    shapes = ServeShapes(resolutions=((16, 16),), frames=(8,), max_batch=1, max_caption=8)
+    out = tmp_path / "engines"
+    report = build(ckpt, out, target="torch", shapes=shapes, measure_steps=1)
+    assert report.ranking is not None and report.ranking["host"] == mf.host()
+    return ckpt, out, shapes
+
+
+def test_host_record_and_comparison():
+    here = mf.host()
+    assert set(here) == {"cpu", "threads", "gpu", "torch"} and mf.same_host(dict(here), here)
+    assert not mf.same_host({**here, "cpu": "Other CPU 9000"}, here) and not mf.same_host(None, here)
+    assert mf.same_host({**here, "torch": "0.0"}, here)  # the machine, not the software, decides
+    assert mf.host_label({"cpu": "X", "threads": 4, "gpu": "G"}) == "X, 4 threads, G"
+
+
+def test_ranking_from_another_host_warns_once_and_measure_only_re_measures_in_place(torch_engines, caplog, monkeypatch):
+    from lumina_rt.cli import main
+    from lumina_rt.engines import engine_set
+    from lumina_rt.engines.engine_set import EngineSet
+    from lumina_rt.export.build_engines import build
+
+    ckpt, out, shapes = torch_engines
+    monkeypatch.setattr(engine_set, "_WARNED_HOSTS", set())
+    manifest = mf.read_manifest(out)
+    other = {**manifest["ranking"]["host"], "cpu": "Other CPU 9000", "threads": 64}
+    manifest["ranking"]["host"] = other
+    mf.write_manifest(out, manifest)
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "measured on" in r.message]
+
+    caplog.set_level("WARNING", logger="lumina_rt.engines.engine_set")
+    EngineSet(out)
+    EngineSet(out)  # one line per engine directory and process
+    assert len(warnings()) == 1
+    line = warnings()[0]
+    assert "Other CPU 9000, 64 threads" in line and mf.host_label(mf.host()) in line
+    assert f"lumina-rt build --measure-only {out}" in line
+    caplog.clear()
+    EngineSet(out, backend="torch")  # a named backend does not follow the ranking: nothing to warn about
+    assert warnings() == []
+
+    before = {k: v for k, v in mf.read_manifest(out).items() if k != "ranking"}
+    assert main(["build", "--measure-only", str(out), "--measure-steps", "1"]) == 0
+    after = mf.read_manifest(out)
+    assert after["ranking"]["host"] == mf.host() and {k: v for k, v in after.items() if k != "ranking"} == before
+    assert set(after["ranking"]["scales"]) == set(after["scales"])
+    monkeypatch.setattr(engine_set, "_WARNED_HOSTS", set())
+    EngineSet(out)
+    assert warnings() == []
+    # the ranking it wrote is the build's own: a rebuild on this host finds it current
+    report = build(ckpt, out, target="torch", shapes=shapes, measure_steps=1)
+    assert "measure: found a ranking measured on this machine" in report.cached and not report.done
+
+
+def test_measure_only_flags(tmp_path, capsys):
+    from lumina_rt.cli import main
+
+    assert main(["build", "--measure-only", str(tmp_path), "--out", str(tmp_path / "e")]) == 2
+    assert (
+        "--measure-only ENGINE_DIR re-measures existing engines: give no --checkpoint / --out"
+        in capsys.readouterr().err
+    )
+    assert main(["build", "--checkpoint", str(tmp_path)]) == 2
+    assert "lumina-rt build needs --out (or --measure-only ENGINE_DIR)" in capsys.readouterr().err
+    assert main(["build", "--measure-only", str(tmp_path / "none")]) != 0
+
+
+def test_engine_call_path_computes_shape_dependent_inputs_once_per_shape(torch_engines):
+    import torch
+
+    from lumina_rt.engines.engine_set import EngineSet
+    from lumina_rt.model import latent_rope_tables
+
+    _, out, _ = torch_engines
+    es = EngineSet(out, backend="torch")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, TINY.in_channels, 2, 4, 4, generator=g)
+    t, motion = torch.rand(1, generator=g), torch.ones(1)
+    cap, mask = torch.randn(1, 3, TINY.cap_feat_dim, generator=g), torch.ones(1, 3, dtype=torch.int64)
+    first = {c: es.velocity(x, t, cap, mask, motion, c) for c in es.patch_combos}
+    assert es.shape_cache == {"hits": 0, "misses": len(es.patch_combos)}
+    for _ in range(2):
+        for c in es.patch_combos:
+            assert torch.equal(es.velocity(x, t, cap, mask, motion, c), first[c])  # same result from the cached tables
+    assert es.shape_cache == {"hits": 2 * len(es.patch_combos), "misses": len(es.patch_combos)}
+    _, cos, sin, _ = es.tokens(x, t, cap, mask, motion, "1x2")
+    ref_cos, ref_sin = latent_rope_tables(TINY, 2, 4, 4, 1, 2)
+    assert torch.equal(cos, ref_cos) and torch.equal(sin, ref_sin)
+    es.velocity(torch.randn(1, TINY.in_channels, 1, 4, 4), t, cap, mask, motion, "1x2")  # a new shape: a miss
+    assert es.shape_cache["misses"] == len(es.patch_combos) + 1
+    with pytest.raises(InputError, match="unsupported resolution 2x3x4"):
+        es.velocity(torch.randn(1, TINY.in_channels, 2, 3, 4), t, cap, mask, motion, "1x2")

@@ -19,7 +19,8 @@ from lumina_rt.engines.profiles import (
     parse_frames,
     parse_resolutions,
 )
-from lumina_rt.export.build_engines import TARGETS, build
+from lumina_rt.errors import InputError
+from lumina_rt.export.build_engines import TARGETS, build, measure_only
 from lumina_rt.tolerances import DTYPES, PRECISIONS, TOLERANCE
 
 
@@ -35,8 +36,15 @@ def _served_shapes(args: argparse.Namespace) -> ServeShapes:
 def add(p: argparse.ArgumentParser) -> Runner:
     """The build command's flags (`lumina-rt build`, `python export/build_engines.py`); returns `run`."""
     p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
-    p.add_argument("--checkpoint", required=True, help="checkpoint directory (native or released layout)")
-    p.add_argument("--out", required=True, help="engine directory to create or bring up to date")
+    p.add_argument("--checkpoint", default=None, help="checkpoint directory (native or released layout); required")
+    p.add_argument("--out", default=None, help="engine directory to create or bring up to date; required")
+    p.add_argument(
+        "--measure-only",
+        default=None,
+        metavar="ENGINE_DIR",
+        help="only re-time the engine backends of an existing engine directory on this host and record the ranking "
+        "in its manifest (e.g. engines measured on another machine); no --checkpoint / --out",
+    )
     p.add_argument(
         "--target",
         default="auto",
@@ -104,6 +112,17 @@ def add(p: argparse.ArgumentParser) -> Runner:
 
 def run(args: argparse.Namespace) -> int:
     """Build, then print what each stage did, the measured ranking and one summary line."""
+    if args.measure_only is not None:
+        if args.checkpoint is not None or args.out is not None:
+            raise InputError("--measure-only ENGINE_DIR re-measures existing engines: give no --checkpoint / --out")
+        report = measure_only(args.measure_only, steps=args.measure_steps)
+        for line in [*report.done, *ranking_lines(report.ranking)]:
+            print(line)
+        print(f"ranking of {report.engine_dir} re-measured on this host in {report.seconds:.1f} s")
+        return 0
+    if args.checkpoint is None or args.out is None:
+        missing = " and ".join(f for f, v in (("--checkpoint", args.checkpoint), ("--out", args.out)) if v is None)
+        raise InputError(f"lumina-rt build needs {missing} (or --measure-only ENGINE_DIR)")
     report = build(
         args.checkpoint,
         args.out,

@@ -24,7 +24,7 @@ import torch
 from lumina_rt import ops
 from lumina_rt.config import ModelConfig, parse_patch_combo
 from lumina_rt.engines import BACKENDS, UNMEASURED_ORDER, Backend, ScaleEngine
-from lumina_rt.engines.manifest import read_manifest, validate_manifest, verify_file
+from lumina_rt.engines.manifest import host, host_label, read_manifest, same_host, validate_manifest, verify_file
 from lumina_rt.engines.profiles import ScaleProfile, scale_tokens
 from lumina_rt.engines.weights import WeightStore
 from lumina_rt.errors import BackendUnavailableError, ConfigError, EngineError, InputError
@@ -33,6 +33,7 @@ from lumina_rt.model import check_batch_shapes, latent_rope_tables
 logger = logging.getLogger(__name__)
 
 BACKEND_ENV = "LUMINA_RT_ENGINE_BACKEND"
+_WARNED_HOSTS: set[str] = set()  # engine directories whose ranking from another host was warned about (once each)
 
 
 class EngineSet:
@@ -67,6 +68,11 @@ class EngineSet:
         self._store: WeightStore | None = None
         self._shared: dict[str, Any] = {}
         self._engines: dict[str, ScaleEngine] = {}
+        # per served shape, what depends on it alone: (combo, frames, height, width) -> (pf, p, tokens, cos, sin), and
+        # (combo, batch, tokens, caption) -> profile index; `shape_cache` counts hits and misses
+        self._shapes: dict[tuple[str, int, int, int], tuple[int, int, int, torch.Tensor, torch.Tensor]] = {}
+        self._indices: dict[tuple[str, int, int, int], int] = {}
+        self.shape_cache = {"hits": 0, "misses": 0}
         requested = os.environ.get(BACKEND_ENV, backend) if backend == "auto" else backend
         self.backends = self._select(requested)
         self.load(self.patch_combos if scales is None else scales)
@@ -156,6 +162,7 @@ class EngineSet:
                     logger.debug("engine backend %s skipped: %s", name, reason)
             return runnable[name]
 
+        self._check_ranking_host()
         chosen = {}
         for combo in self.patch_combos:
             measured = self.ranking(combo)
@@ -168,6 +175,22 @@ class EngineSet:
             can_run(name)
         logger.info("engine backend: %s", ", ".join(f"{c} {b}" for c, b in chosen.items()))
         return chosen
+
+    def _check_ranking_host(self) -> None:
+        """One warning per engine directory and process when its ranking was measured on another host."""
+        ranking = self.manifest.get("ranking")
+        if not ranking:
+            return
+        here, measured = host(), ranking.get("host")
+        key = str(self.engine_dir.resolve())
+        if same_host(measured, here) or key in _WARNED_HOSTS:
+            return
+        _WARNED_HOSTS.add(key)
+        logger.warning(
+            "the engine backend ranking in %s was measured on %s, this host is %s: backend 'auto' may not pick the "
+            "fastest here; re-measure in place with `lumina-rt build --measure-only %s`",
+            self.engine_dir, host_label(measured), host_label(here), self.engine_dir,
+        )  # fmt: skip
 
     def load(self, combos: Sequence[str]) -> None:
         """Load the engines of these patch combos (the rest load on first use)."""
@@ -247,7 +270,7 @@ class EngineSet:
     ) -> torch.Tensor:
         """Velocity of x [B, C, F, H, W] with the engine of patch `combo` (F = 1: an image)."""
         tokens, cos, sin, index = self.tokens(x, t, cap_feats, cap_mask, motion, combo)
-        pf, p = parse_patch_combo(combo)
+        pf, p = self._shapes[(combo, *x.shape[2:])][:2]
         out = self.engine(combo).run(tokens, cos, sin, t.float(), cap_feats.float(), cap_mask, motion.float(), index)
         with ops.use_backend("torch"):
             return ops.unpatchify(out.to(x.device), *x.shape[2:], pf, p, p)
@@ -261,19 +284,32 @@ class EngineSet:
         motion: torch.Tensor,
         combo: str,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-        """Checked engine inputs for `velocity`: (tokens [B, N, pf*p*p*C] fp32, cos, sin [N, Dh/2], profile index)."""
-        self._scale(combo)
-        pf, p = parse_patch_combo(combo)
+        """Checked engine inputs for `velocity`: (tokens [B, N, pf*p*p*C] fp32, cos, sin [N, Dh/2], profile index).
+
+        What depends only on the shape (token count, RoPE tables, profile index) is computed once per shape and
+        reused (`shape_cache` counts); nothing here reads a tensor's values (no host synchronization)."""
         check_batch_shapes(self.config, x, t, cap_feats, cap_mask, motion)
         b, _, frames, height, width = x.shape
-        try:
-            n = scale_tokens((frames, height, width), pf, p)
-        except InputError as exc:
-            raise InputError(
-                f"unsupported resolution {frames}x{height}x{width} (latent) for scale {combo}: {exc}"
-            ) from None
-        index = self.profiles[combo].select(b, n, int(cap_feats.shape[1]))
-        cos, sin = latent_rope_tables(self.config, frames, height, width, pf, p)
+        key = (combo, frames, height, width)
+        shape = self._shapes.get(key)
+        if shape is None:
+            self._scale(combo)
+            pf, p = parse_patch_combo(combo)
+            try:
+                n = scale_tokens((frames, height, width), pf, p)
+            except InputError as exc:
+                raise InputError(
+                    f"unsupported resolution {frames}x{height}x{width} (latent) for scale {combo}: {exc}"
+                ) from None
+            shape = self._shapes[key] = (pf, p, n, *latent_rope_tables(self.config, frames, height, width, pf, p))
+            self.shape_cache["misses"] += 1
+        else:
+            self.shape_cache["hits"] += 1
+        pf, p, n, cos, sin = shape
+        index_key = (combo, b, n, int(cap_feats.shape[1]))
+        index = self._indices.get(index_key)
+        if index is None:
+            index = self._indices[index_key] = self.profiles[combo].select(b, n, int(cap_feats.shape[1]))
         with ops.use_backend("torch"):
             tokens = ops.patchify(x.float(), pf, p, p)
         return tokens, cos, sin, index

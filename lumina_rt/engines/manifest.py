@@ -15,7 +15,8 @@ nothing. Top-level fields:
   ONNX Runtime comparison with the reference model, or null), `profile` (batch / token / caption ranges), `engine`
   (TensorRT plan entry or null);
 - `timing_cache`, `components`, `default_sample_preset`, `sample_presets`;
-- `ranking`: the engine backends measured per scale, fastest first (engines/measure.py), or null;
+- `ranking`: the engine backends measured per scale, fastest first (engines/measure.py), with the `host` it was
+  measured on (`host()`: CPU model, threads, GPU, torch version), or null;
 - `v2a`: the sound model's engine (engines/v2a_engine.py), or null / absent.
 
 A file entry is {path (relative), bytes, sha256}.
@@ -27,9 +28,12 @@ import datetime
 import hashlib
 import json
 import os
+import platform
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from lumina_rt.errors import EngineError
 from lumina_rt.files import atomic_write
@@ -93,6 +97,32 @@ def engine_key(
         arch=gpu_arch,
         format=build_format,
     )
+
+
+def host() -> dict[str, Any]:
+    """What engine timings depend on: CPU model, threads, GPU, torch version (recorded with the measured ranking)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {"cpu": cpu, "threads": torch.get_num_threads(), "gpu": gpu, "torch": torch.__version__}
+
+
+def host_label(h: dict[str, Any] | None) -> str:
+    """A host record as words: "AMD EPYC 7B13, 2 threads" (", NVIDIA H100" with a GPU)."""
+    if not h:
+        return "an unrecorded host"
+    return f"{h.get('cpu')}, {h.get('threads')} threads" + (f", {h['gpu']}" if h.get("gpu") else "")
+
+
+def same_host(measured: dict[str, Any] | None, here: dict[str, Any]) -> bool:
+    """Whether a ranking measured on `measured` holds on `here`: same CPU model, thread count and GPU."""
+    return measured is not None and all(measured.get(k) == here.get(k) for k in ("cpu", "threads", "gpu"))
 
 
 def sha256_file(path: str | os.PathLike) -> str:

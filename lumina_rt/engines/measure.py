@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from lumina_rt.engines import UNMEASURED_ORDER
+from lumina_rt.engines.manifest import host
 from lumina_rt.errors import BackendUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -32,20 +31,6 @@ CAPTION = 32
 # 960x960) is hours of CPU time per call, and graphs that hold the attention matrix would need more memory than the
 # machine has (a build of the built-in model with the default profile was OOM-killed at 24 GB before this cap).
 CPU_TOKENS = 4096
-
-
-def host() -> dict[str, Any]:
-    """What the timings depend on: CPU model, threads, GPU, torch version."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    return {"cpu": cpu, "threads": torch.get_num_threads(), "gpu": gpu, "torch": torch.__version__}
 
 
 def measure_shape(served: list[dict[str, Any]], gpu: bool) -> dict[str, Any]:

@@ -16,8 +16,16 @@ model or to predict the velocity from the last two evaluations of the same *segm
 - a predicted velocity is the first-order extrapolation in t, v1 + (v1 - v0) (t - t1) / (t1 - t0) (TaylorSeer-style),
   or with `mode="reuse"` simply v1.
 
+Guidance reuse (`guidance`, a second threshold; None: off): on a guided step that the policy evaluates, the model
+runs the positive branch alone when the guidance difference d = v_pos - v_neg is predicted to change little, and the
+sampler combines it with a predicted d (renorm applied as on every guided step). The rule is the step cache's, on d
+instead of the velocity: two full (positive and negative) evaluations of the segment give d's rate of change, the
+accumulated relative change since the last full evaluation must stay below `guidance`, at most `max_skips` guided
+steps in a row run the positive branch alone, and d is extrapolated in t (or reused, `mode="reuse"`). Nothing
+crosses a segment (a guidance switch is one).
+
 Levels: "off" (no caching: the sampler runs exactly as without a policy), "safe" and "fast" (thresholds measured on
-the built-in model, docs/caching.md), or a number (the threshold).
+the built-in model, docs/caching.md), "safe+cfg" ("safe" with guidance reuse), or a number (the threshold).
 """
 
 from __future__ import annotations
@@ -32,7 +40,10 @@ from lumina_rt.errors import ScheduleError
 
 # level -> (threshold, max_skips); measured on the built-in model's tuning seeds (docs/caching.md)
 LEVELS: dict[str, tuple[float, int] | None] = {"off": None, "safe": (0.6, 3), "fast": (1.5, 3)}
+GUIDANCE_SAFE = 0.5
 MODES = ("extrapolate", "reuse")
+# level -> (the step-cache level it extends, guidance-reuse threshold); measured on the built-in model (docs/caching.md)
+GUIDANCE_LEVELS: dict[str, tuple[str, float]] = {"safe+cfg": ("safe", GUIDANCE_SAFE)}
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,7 @@ class StepCache:
     warmup: int = 2
     mode: str = "extrapolate"
     name: str = "custom"
+    guidance: float | None = None  # guidance-reuse threshold (module docstring); None: both branches on guided steps
 
     def __post_init__(self) -> None:
         if not self.threshold >= 0:
@@ -53,6 +65,8 @@ class StepCache:
                 f"cache max_skips must be >= 1 and warmup >= 2 (two evaluations give the rate), got "
                 f"max_skips={self.max_skips!r}, warmup={self.warmup!r}"
             )
+        if self.guidance is not None and not self.guidance >= 0:
+            raise ScheduleError(f"guidance-reuse threshold must be a number >= 0 or None, got {self.guidance!r}")
         if self.mode not in MODES:
             raise ScheduleError(f"unknown cache mode {self.mode!r}; choose one of {MODES}")
 
@@ -65,11 +79,15 @@ class StepCache:
             if setting in LEVELS:
                 level = LEVELS[setting]
                 return None if level is None else cls(level[0], max_skips=level[1], name=setting)
+            if setting in GUIDANCE_LEVELS:
+                base, guidance = GUIDANCE_LEVELS[setting]
+                threshold, max_skips = LEVELS[base] or (0.0, 1)
+                return cls(threshold, max_skips=max_skips, name=setting, guidance=guidance)
             try:
                 value = float(setting)
             except ValueError:
                 raise ScheduleError(
-                    f"unknown cache level {setting!r}; choose one of {list(LEVELS)} or a threshold >= 0"
+                    f"unknown cache level {setting!r}; choose one of {[*LEVELS, *GUIDANCE_LEVELS]} or a threshold >= 0"
                 ) from None
             return cls(value, name=f"threshold {value:g}")
         if isinstance(setting, bool) or not isinstance(setting, (int, float)):
@@ -87,25 +105,29 @@ class CacheRun:
     policy: StepCache
     stats: dict[str, dict[str, int]] = field(default_factory=dict)  # combo -> {"evaluated": n, "reused": m}
     log: list[tuple[int, float, str, str]] = field(default_factory=list)  # (step, t, combo, "evaluate" | "reuse")
+    guidance_log: list[tuple[float, str, str]] = field(default_factory=list)  # (t, combo, "both" | "positive")
     _segment: Hashable = None
     _history: list[tuple[float, torch.Tensor]] = field(default_factory=list)
     _acc: float = 0.0
     _skips: int = 0
     _t_prev: float = 0.0
+    _guidance: list[tuple[float, torch.Tensor]] = field(default_factory=list)  # (t, v_pos - v_neg) of this segment
+    _g_acc: float = 0.0
+    _g_skips: int = 0
+    _g_t_prev: float = 0.0
 
     def evaluate(self, step: int, t: float, combo: str, segment: Hashable, last: bool) -> bool:
         """Whether step `step` (at time t, patch `combo`, in `segment`) must evaluate the model."""
         if segment != self._segment:
             self._segment, self._history, self._acc, self._skips = segment, [], 0.0, 0
+            self._guidance, self._g_acc, self._g_skips = [], 0.0, 0
         decision = True
         if not last and len(self._history) >= self.policy.warmup and self._skips < self.policy.max_skips:
-            (t0, v0), (t1, v1) = self._history[-2:]
-            rate = float(torch.linalg.vector_norm(v1 - v0) / torch.linalg.vector_norm(v1).clamp_min(1e-12)) / (t1 - t0)
-            acc = self._acc + rate * (t - self._t_prev)
+            acc = self._acc + self._rate(self._history) * (t - self._t_prev)
             if acc < self.policy.threshold:
                 self._acc, decision = acc, False
         self._t_prev = t
-        entry = self.stats.setdefault(combo, {"evaluated": 0, "reused": 0})
+        entry = self._entry(combo)
         entry["evaluated" if decision else "reused"] += 1
         self.log.append((step, t, combo, "evaluate" if decision else "reuse"))
         if decision:
@@ -114,16 +136,60 @@ class CacheRun:
             self._skips += 1
         return decision
 
+    def _entry(self, combo: str) -> dict[str, int]:
+        extra = {} if self.policy.guidance is None else {"guidance_reused": 0}
+        return self.stats.setdefault(combo, {"evaluated": 0, "reused": 0, **extra})
+
+    @staticmethod
+    def _rate(history: list[tuple[float, torch.Tensor]]) -> float:
+        (t0, v0), (t1, v1) = history[-2:]
+        return float(torch.linalg.vector_norm(v1 - v0) / torch.linalg.vector_norm(v1).clamp_min(1e-12)) / (t1 - t0)
+
+    @staticmethod
+    def _extrapolate(history: list[tuple[float, torch.Tensor]], t: float, mode: str) -> torch.Tensor:
+        (t0, v0), (t1, v1) = history[-2:]
+        if mode == "reuse":
+            return v1
+        return v1 + (v1 - v0) * ((t - t1) / (t1 - t0))
+
+    @property
+    def reuses_guidance(self) -> bool:
+        """Whether this policy may run guided steps' positive branch alone (`guidance` set)."""
+        return self.policy.guidance is not None
+
+    def evaluate_negative(self, t: float, combo: str) -> bool:
+        """On a guided step the model evaluates (after `evaluate`): whether the negative branch runs too."""
+        threshold = self.policy.guidance
+        decision = True
+        ready = len(self._guidance) >= self.policy.warmup and self._g_skips < self.policy.max_skips
+        if threshold is not None and ready:
+            acc = self._g_acc + self._rate(self._guidance) * (t - self._g_t_prev)
+            if acc < threshold:
+                self._g_acc, decision = acc, False
+        self._g_t_prev = t
+        if decision:
+            self._g_acc, self._g_skips = 0.0, 0
+        else:
+            self._g_skips += 1
+            self._entry(combo)["guidance_reused"] += 1
+        self.guidance_log.append((t, combo, "both" if decision else "positive"))
+        return decision
+
+    def record_guidance(self, t: float, difference: torch.Tensor) -> None:
+        """The guidance difference v_pos - v_neg of a step that ran both branches (kept: the last two)."""
+        self._guidance = [*self._guidance[-1:], (t, difference)]
+
+    def predict_guidance(self, t: float) -> torch.Tensor:
+        """The guidance difference at t from the last two full evaluations of the segment."""
+        return self._extrapolate(self._guidance, t, self.policy.mode)
+
     def record(self, t: float, v: torch.Tensor) -> None:
         """The velocity the model gave at t (kept: the last two of the segment)."""
         self._history = [*self._history[-1:], (t, v)]
 
     def predict(self, t: float) -> torch.Tensor:
         """The velocity at t from the last two evaluations of the segment."""
-        (t0, v0), (t1, v1) = self._history[-2:]
-        if self.policy.mode == "reuse":
-            return v1
-        return v1 + (v1 - v0) * ((t - t1) / (t1 - t0))
+        return self._extrapolate(self._history, t, self.policy.mode)
 
     @property
     def evaluations(self) -> int:
@@ -133,6 +199,14 @@ class CacheRun:
     def reused(self) -> int:
         return sum(s["reused"] for s in self.stats.values())
 
+    @property
+    def guidance_reused(self) -> int:
+        """Guided steps that ran the positive branch alone."""
+        return sum(s.get("guidance_reused", 0) for s in self.stats.values())
+
     def summary(self) -> dict[str, Any]:
-        return {"policy": self.policy.name, "threshold": self.policy.threshold, "evaluations": self.evaluations,
-                "reused": self.reused, "per_scale": self.stats}  # fmt: skip
+        out = {"policy": self.policy.name, "threshold": self.policy.threshold, "evaluations": self.evaluations,
+               "reused": self.reused, "per_scale": self.stats}  # fmt: skip
+        if self.policy.guidance is not None:
+            out.update(guidance_threshold=self.policy.guidance, guidance_reused=self.guidance_reused)
+        return out

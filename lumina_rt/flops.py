@@ -1,6 +1,12 @@
-"""FLOPs and bytes of one velocity evaluation, computed from the config (for achieved-rate reports)."""
+"""FLOPs and bytes of one velocity evaluation, computed from the config (for achieved-rate reports), and the FLOPs a
+sampling run spends (`FlopCount`)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
 
 from lumina_rt.config import ModelConfig, token_grid
 
@@ -81,3 +87,43 @@ def predict_step_seconds(
     flops = forward_flops(config, combo, tokens, cap_len, batch=branches_per_group) / sp
     comm = branches_per_group * ulysses_bytes(config, combo, tokens, sp)
     return flops / matmul_flops_per_s + comm / link_bytes_per_s
+
+
+class FlopCount:
+    """The model FLOPs a sampling run actually spends, per scale and per guidance branch.
+
+    `wrap(velocity_fn)` gives a velocity function that counts every call it forwards: `forward_flops` of the call's
+    rows, token count (from the latent grid) and caption length. A call of 2 x `batch` rows is a guided step (the
+    positive half, then the negative half); a call of `batch` rows is the positive branch alone (an unguided step, or a
+    guided step whose guidance difference was reused).
+    """
+
+    def __init__(self, config: ModelConfig, batch: int):
+        self.config = config
+        self.batch = int(batch)
+        self.per_scale: dict[str, dict[str, int]] = {}  # combo -> {"positive": flops, "negative": flops}
+
+    def add(self, combo: str, rows: int, grid: tuple[int, int, int], cap_len: int) -> None:
+        """Count one call of `rows` rows on a latent grid (frames, height, width) with `cap_len` caption tokens."""
+        n = token_count(self.config, combo, *grid)
+        one = forward_flops(self.config, combo, n, cap_len, batch=1)
+        entry = self.per_scale.setdefault(combo, {"positive": 0, "negative": 0})
+        positive = min(rows, self.batch)
+        entry["positive"] += positive * one
+        entry["negative"] += (rows - positive) * one
+
+    def wrap(self, velocity_fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        def counted(x, t, cap_feats, cap_mask, motion, combo):  # noqa: ANN001, ANN202
+            out = velocity_fn(x, t, cap_feats, cap_mask, motion, combo)
+            self.add(combo, int(x.shape[0]), tuple(int(s) for s in x.shape[2:]), int(cap_feats.shape[1]))
+            return out
+
+        return counted
+
+    @property
+    def total(self) -> int:
+        return sum(e["positive"] + e["negative"] for e in self.per_scale.values())
+
+    def summary(self) -> dict[str, Any]:
+        """{"total": FLOPs, "per_scale": {combo: {"positive": FLOPs, "negative": FLOPs}}}."""
+        return {"total": self.total, "per_scale": {c: dict(e) for c, e in self.per_scale.items()}}

@@ -26,7 +26,9 @@ import torch
 from lumina_rt import components
 from lumina_rt.caching import StepCache
 from lumina_rt.components import Decoder, LatentSpec, TextEncoder
+from lumina_rt.config import ModelConfig
 from lumina_rt.errors import Cancelled, ConfigError, InputError, ScheduleError, TextEncoderError
+from lumina_rt.flops import FlopCount
 from lumina_rt.request import GenerationRequest
 from lumina_rt.sampling import SAMPLE_PRESETS, Conditioning, SampleConfig, TimeAware, VelocityFn, sample_euler
 
@@ -78,6 +80,8 @@ class GenerationResult:
     seconds: float
     steps: list[str] = field(default_factory=list)  # patch combo of each model evaluation
     cache: dict[str, Any] | None = None  # with step caching: evaluations and reused steps per scale
+    # model FLOPs spent: {"total": n, "per_scale": {combo: {"positive": n, "negative": n}}} (None: model unknown)
+    flops: dict[str, Any] | None = None
     audio: torch.Tensor | None = None  # [B, samples], one waveform per clip
     sample_rate: int | None = None
     fps: float | None = None  # the frame rate the sound was made for (the video's)
@@ -133,6 +137,7 @@ class Pipeline:
         backend: str = "",
         audio: AudioStage | Callable[[], AudioStage | None] | None = None,
         profiles: dict[str, Any] | None = None,
+        model_config: ModelConfig | None = None,
     ):
         """`audio`: the audio stage `generate(..., audio=True)` uses, or a function that loads it on first use.
         `profiles`: the engines' shape ranges per scale (`lumina_rt.engines.profiles.ScaleProfile`), which
@@ -151,6 +156,7 @@ class Pipeline:
         self._decoder: Decoder | None = None
         self._audio = audio
         self.profiles = dict(profiles or {})
+        self.model_config = model_config  # what `GenerationResult.flops` is computed from (None: not counted)
         shapes = [s for p in self.profiles.values() for s in p.served]
         served = {(int(s["frames"]), int(s["height"]), int(s["width"])) for s in shapes}
         self.served = sorted(served)  # (frames, height, width) the engines were built for, for error messages
@@ -182,6 +188,7 @@ class Pipeline:
             backend=engines.backend_name,
             audio=audio,
             profiles=engines.profiles,
+            model_config=engines.config,
         )
 
     @classmethod
@@ -212,6 +219,7 @@ class Pipeline:
             presets=presets,
             default_preset=default_preset if default_preset is not None else next(iter(presets), ""),
             backend="reference" if dtype == torch.float32 else f"reference {str(dtype).removeprefix('torch.')}",
+            model_config=model.config,
         )
 
     # ------------------------------------------------------------------ components
@@ -493,9 +501,10 @@ class Pipeline:
                 used.append(combo)
 
         run = policy.start() if policy is not None else None
+        counter = None if self.model_config is None else FlopCount(self.model_config, batch)
         sample_start = time.perf_counter()
         latents = sample_euler(
-            self.velocity,
+            self.velocity if counter is None else counter.wrap(self.velocity),
             z,
             pos,
             neg,
@@ -528,6 +537,7 @@ class Pipeline:
             seconds=time.perf_counter() - start,
             steps=used,
             cache=None if run is None else run.summary(),
+            flops=None if counter is None else counter.summary(),
             audio=waves,
             sample_rate=None if stage is None else int(stage.sample_rate),
             fps=None if stage is None else float(fps),

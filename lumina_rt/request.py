@@ -45,7 +45,7 @@ CFG_MAX = 100.0
 MOTION_MAX = 100.0
 FPS_MAX = 240.0
 SCALE_MAX = 32
-CACHE_LEVELS = ("off", "safe", "fast")
+CACHE_LEVELS = ("off", "safe", "fast", "safe+cfg")
 VIDEO_SUFFIXES = (".mp4", ".gif")
 
 SOURCES = ("cli", "python", "http")
@@ -84,7 +84,7 @@ RULES: tuple[tuple[str, str, str], ...] = (
     ("cfg", "ScheduleError", f"finite, 0 .. {CFG_MAX:g} (0: no guidance), a number or time-aware JSON"),
     ("motion, neg_motion", "ScheduleError", f"finite, -{MOTION_MAX:g} .. {MOTION_MAX:g} (negative: no motion score)"),
     ("seed", "InputError", f"a whole number 0 .. 2**63-1 ({SEED_MAX})"),
-    ("cache", "ScheduleError", "off, safe, fast, or a finite threshold >= 0"),
+    ("cache", "ScheduleError", "off, safe, fast, safe+cfg, or a finite threshold >= 0"),
     ("audio steps", "InputError", f"with audio only; a whole number 2 .. {STEPS_MAX}"),
     ("scale", "InputError", f"a whole number 1 .. {SCALE_MAX} (nearest-neighbour upscale)"),
     ("output path", "InputError", ".mp4 or .gif (.mp4 with audio) in an existing, writable folder; not read-only"),

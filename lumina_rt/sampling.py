@@ -230,6 +230,7 @@ def guided_velocity(
     neg: Conditioning | None,
     config: SampleConfig,
     item_motion: torch.Tensor | None = None,
+    guidance: CacheRun | None = None,
 ) -> torch.Tensor:
     """Classifier-free-guided velocity at time t for the positive samples x [B, ...].
 
@@ -238,6 +239,8 @@ def guided_velocity(
     renorm * norm(pos), it is scaled down to that norm. A scale of 0 at t skips the negative branch.
     `item_motion` [B]: one positive motion score per sample, used wherever the schedule's motion at t is
     conditioned (>= 0); where the schedule says unconditioned (< 0) that wins.
+    `guidance`: a cache run whose policy reuses the guidance difference (`lumina_rt.caching`): on a guided step it
+    may run the positive branch alone and take pos - neg from its prediction.
     """
     b = x.shape[0]
     if pos.cap_feats.shape[0] != b:
@@ -257,17 +260,23 @@ def guided_velocity(
         if neg.cap_feats.shape[0] != b:
             raise InputError(f"negative captions have batch {neg.cap_feats.shape[0]}, samples have batch {b}")
         neg_motion = float(time_aware_value(config.negMotion, t, "negMotion"))
-        cap_feats, cap_mask = _pad_captions(pos, neg)
-        out = velocity_fn(
-            torch.cat([x, x]),
-            torch.cat([t_vec, t_vec]),
-            cap_feats,
-            cap_mask,
-            torch.cat([m_vec, torch.full_like(m_vec, neg_motion)]),
-            combo,
-        ).float()
-        v_pos, v_neg = out[:b], out[b:]
-        guided = v_pos + scale * (v_pos - v_neg)
+        if guidance is not None and guidance.reuses_guidance and not guidance.evaluate_negative(t, combo):
+            v_pos = velocity_fn(x, t_vec, pos.cap_feats, pos.cap_mask, m_vec, combo).float()
+            guided = v_pos + scale * guidance.predict_guidance(t)
+        else:
+            cap_feats, cap_mask = _pad_captions(pos, neg)
+            out = velocity_fn(
+                torch.cat([x, x]),
+                torch.cat([t_vec, t_vec]),
+                cap_feats,
+                cap_mask,
+                torch.cat([m_vec, torch.full_like(m_vec, neg_motion)]),
+                combo,
+            ).float()
+            v_pos, v_neg = out[:b], out[b:]
+            if guidance is not None and guidance.reuses_guidance:
+                guidance.record_guidance(t, v_pos - v_neg)
+            guided = v_pos + scale * (v_pos - v_neg)
         if float(config.renorm) > 0.0:
             dims = tuple(range(1, v_pos.dim()))
             max_norm = torch.linalg.vector_norm(v_pos, dim=dims, keepdim=True) * float(config.renorm)
@@ -302,7 +311,8 @@ def sample_euler(
     `callback(step, t, combo)` is called before each velocity evaluation. With `patch_combos` (the model's),
     a schedule naming another patch size is refused before any work. `item_motion`: see `guided_velocity`.
     `cache` (`lumina_rt.caching`): predict some steps' velocities instead of evaluating the model; `callback` then
-    runs only before the evaluations. Without it every step evaluates the model. `desc`: the progress bar's label.
+    runs only before the evaluations. Without it every step evaluates the model; with a policy that reuses the
+    guidance difference, some guided steps run the positive branch alone. `desc`: the progress bar's label.
     """
     config.validate(patch_combos)
     if not bool(torch.isfinite(z).all()):
@@ -320,7 +330,7 @@ def sample_euler(
         else:
             if callback is not None:
                 callback(k, t0, combo)
-            v = guided_velocity(velocity_fn, x.to(z.dtype), t0, pos, neg, config, item_motion)
+            v = guided_velocity(velocity_fn, x.to(z.dtype), t0, pos, neg, config, item_motion, guidance=cache)
             if cache is not None:
                 cache.record(t0, v)
         x = x + (t1 - t0) * v

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lumina_rt.caching import LEVELS, StepCache
+from lumina_rt.caching import GUIDANCE_LEVELS, LEVELS, StepCache
 from lumina_rt.errors import ScheduleError
 from lumina_rt.sampling import Conditioning, SampleConfig, sample_euler, segment_key, time_grid
 from tests._engine_fixtures import engines, fixture_path
@@ -88,7 +88,8 @@ def test_levels_and_bad_settings():
     safe, fast = StepCache.from_setting("safe"), StepCache.from_setting("fast")
     assert (safe.threshold, safe.max_skips) == LEVELS["safe"] and fast.threshold > safe.threshold
     assert StepCache.from_setting("0.3").threshold == 0.3 and StepCache.from_setting(0.3).name == "threshold 0.3"
-    with pytest.raises(ScheduleError, match=r"unknown cache level 'quick'; choose one of \['off', 'safe', 'fast'\]"):
+    levels = r"\['off', 'safe', 'fast', 'safe\+cfg'\]"
+    with pytest.raises(ScheduleError, match=rf"unknown cache level 'quick'; choose one of {levels}"):
         StepCache.from_setting("quick")
     with pytest.raises(ScheduleError, match=r"cache threshold must be a number >= 0, got -0.5"):
         StepCache.from_setting(-0.5)
@@ -118,3 +119,150 @@ def test_cache_with_engines(backend):
     assert all(s["evaluated"] >= 2 for s in c["per_scale"].values())
     rel = float(torch.linalg.vector_norm(cached.latents - off.latents) / torch.linalg.vector_norm(off.latents))
     assert rel < 0.1
+
+
+# ------------------------------------------------------------------------------------------------ guidance reuse
+
+
+GUIDED = SampleConfig.from_dict(
+    dict(P=["2x4", [0.3, "1x2"]], step=30, ts=2.0, cfg=[4.0, [0.8, 0.0]], motion=1.0, negMotion=0.5, renorm=1.5)
+)
+
+
+def released_euler(velocity, z, pos, neg, config):
+    """The sampler as it was before guidance reuse, spelled out: one batch of both branches on guided steps,
+    guided = pos + s (pos - neg), renorm to renorm * |pos| per item."""
+    from lumina_rt.sampling import _pad_captions, time_aware_value
+
+    grid = time_grid(config.step, config.ts).tolist()
+    x, b = z.float(), z.shape[0]
+    for k in range(len(grid) - 1):
+        t0, t1 = grid[k], grid[k + 1]
+        combo = str(time_aware_value(config.P, t0))
+        scale = float(time_aware_value(config.cfg, t0))
+        t_vec = torch.full((b,), t0)
+        m_vec = torch.full((b,), float(time_aware_value(config.motion, t0)))
+        if scale > 0:
+            feats, mask = _pad_captions(pos, neg)
+            nm = torch.full_like(m_vec, float(time_aware_value(config.negMotion, t0)))
+            out = velocity(torch.cat([x, x]), torch.cat([t_vec, t_vec]), feats, mask, torch.cat([m_vec, nm]), combo)
+            v_pos, v_neg = out.float()[:b], out.float()[b:]
+            v = v_pos + scale * (v_pos - v_neg)
+            if config.renorm > 0:
+                dims = tuple(range(1, v.dim()))
+                max_norm = torch.linalg.vector_norm(v_pos, dim=dims, keepdim=True) * float(config.renorm)
+                new_norm = torch.linalg.vector_norm(v, dim=dims, keepdim=True)
+                v = torch.where(new_norm < max_norm, v, v * (max_norm / new_norm))
+        else:
+            v = velocity(x, t_vec, pos.cap_feats, pos.cap_mask, m_vec, combo).float()
+        x = x + (t1 - t0) * v
+    return x
+
+
+def guided_field(calls: list):
+    """A smooth field whose branches differ (the caption's mean and the motion enter), so pos - neg is not zero."""
+    scale = {"2x4": 1.0, "2x2": 2.0, "1x2": 3.0}
+
+    def v(x, t, cap_feats, cap_mask, motion, combo):
+        calls.append((float(t[0]), combo, x.shape[0]))
+        shift = cap_feats.mean(dim=(1, 2)).view(-1, 1, 1, 1, 1) + motion.view(-1, 1, 1, 1, 1)
+        return -x * (1.0 + t.view(-1, 1, 1, 1, 1)) * scale[combo] + shift * (1.0 + 0.3 * t.view(-1, 1, 1, 1, 1))
+
+    return v
+
+
+@pytest.mark.parametrize("policy", [None, StepCache(0.0), StepCache(0.0, guidance=0.0)])
+def test_guidance_reuse_off_is_bit_identical_to_the_released_sampler(policy):
+    z, pos, neg = conditions()
+    reference = released_euler(guided_field([]), z, pos, neg, GUIDED)
+    calls: list = []
+    run = None if policy is None else policy.start()
+    out = sample_euler(guided_field(calls), z, pos, neg, GUIDED, progress=False, cache=run)
+    assert torch.equal(out, reference)
+    assert all(rows == 2 * z.shape[0] for t, _, rows in calls if t < 0.8)  # both branches on every guided step
+    assert run is None or run.guidance_reused == 0
+
+
+@pytest.mark.parametrize("policy", [StepCache(0.0, guidance=5.0), StepCache(0.6, guidance=5.0, mode="reuse")])
+def test_guidance_reuse_rules_and_flops(policy):
+    from lumina_rt.config import ModelConfig
+    from lumina_rt.flops import FlopCount, forward_flops, token_count
+
+    z, pos, neg = conditions()
+    b = z.shape[0]
+    calls: list = []
+    config = ModelConfig.from_name("tiny")
+    counter = FlopCount(config, b)
+    run = policy.start()
+    out = sample_euler(counter.wrap(guided_field(calls)), z, pos, neg, GUIDED, progress=False, cache=run)
+    reference = released_euler(guided_field([]), z, pos, neg, GUIDED)
+    assert bool(torch.isfinite(out).all())
+    assert float(torch.linalg.vector_norm(out - reference) / torch.linalg.vector_norm(reference)) < 0.05
+    guided_calls = [(t, c, rows) for t, c, rows in calls if t < 0.8]
+    positive_only = [(t, c) for t, c, rows in guided_calls if rows == b]
+    assert len(positive_only) == run.guidance_reused > 0
+    assert [(t, c) for t, c, d in run.guidance_log if d == "positive"] == positive_only
+    assert all(rows == b for t, _, rows in calls if t >= 0.8)  # unguided steps: one branch, nothing to reuse
+    # per segment (2x4 guided, 1x2 guided): the first two guided evaluations run both branches; at most max_skips in a
+    # row run the positive branch alone; nothing crosses the patch-size switch at t = 0.3
+    for combo in ("2x4", "1x2"):
+        decisions = [d for _, c, d in run.guidance_log if c == combo]
+        assert decisions[:2] == ["both", "both"]
+        streak = 0
+        for d in decisions:
+            streak = streak + 1 if d == "positive" else 0
+            assert streak <= policy.max_skips
+        assert run.stats[combo]["guidance_reused"] == decisions.count("positive")
+    # FLOPs: every call counted at its rows; the negative branch only where it ran
+    one = {c: forward_flops(config, c, token_count(config, c, 2, 8, 8), 5) for c in ("2x4", "1x2")}
+    for combo in ("2x4", "1x2"):
+        both = sum(1 for _, c, rows in calls if c == combo and rows == 2 * b)
+        single = sum(1 for _, c, rows in calls if c == combo and rows == b)
+        assert counter.per_scale[combo] == {
+            "positive": (both + single) * b * one[combo],
+            "negative": both * b * one[combo],
+        }
+    assert counter.total == sum(e["positive"] + e["negative"] for e in counter.per_scale.values())
+    assert run.summary()["guidance_reused"] == run.guidance_reused and "guidance_reused" in run.stats["1x2"]
+
+
+def test_guidance_levels_and_bad_settings():
+    level = StepCache.from_setting("safe+cfg")
+    assert (level.threshold, level.max_skips) == LEVELS["safe"] and level.guidance == GUIDANCE_LEVELS["safe+cfg"][1]
+    assert StepCache.from_setting("safe").guidance is None
+    with pytest.raises(ScheduleError, match="guidance-reuse threshold must be a number >= 0 or None, got -1"):
+        StepCache(0.5, guidance=-1.0)
+    with pytest.raises(ScheduleError, match=r"choose one of \['off', 'safe', 'fast', 'safe\+cfg'\]"):
+        StepCache.from_setting("quick!")
+
+
+# ------------------------------------------------------------------------------------------------ FLOPs spent
+
+
+def flops_pipeline(calls: list):
+    from lumina_rt.components import LatentSpec
+    from lumina_rt.config import ModelConfig
+    from lumina_rt.pipeline import Pipeline
+
+    config = ModelConfig.from_name("tiny")
+    return Pipeline(guided_field(calls), patch_combos=config.patch_combos, cap_feat_dim=8, components_dir=None,
+                    latent=LatentSpec(4), model_config=config), config  # fmt: skip
+
+
+@pytest.mark.parametrize("cfg", [0.0, 3.0])
+def test_generation_result_reports_the_flops_spent(cfg):
+    from lumina_rt.flops import forward_flops, token_count
+
+    calls: list = []
+    pipe, config = flops_pipeline(calls)
+    z, pos, neg = conditions()
+    kw = dict(cap_feats=pos.cap_feats, neg_cap_feats=neg.cap_feats, noise=z, steps=16, schedule="1x2", cfg=cfg,
+              time_shift=2.0, progress=False, decode=False)  # fmt: skip
+    off = pipe.generate(**kw)
+    step = forward_flops(config, "1x2", token_count(config, "1x2", 2, 8, 8), 5, batch=2)  # one branch, 2 prompts
+    branches = 2 if cfg > 0 else 1
+    assert off.evaluations == 15 and off.flops["total"] == 15 * branches * step
+    assert off.flops["per_scale"] == {"1x2": {"positive": 15 * step, "negative": 15 * step * (branches - 1)}}
+    cached = pipe.generate(cache="fast", **kw)
+    skipped = off.evaluations - cached.evaluations
+    assert skipped > 0 and cached.flops["total"] == off.flops["total"] - skipped * branches * step

@@ -98,10 +98,16 @@ def run(args: argparse.Namespace) -> int:
         f"{result.config.step}-point time grid, {result.evaluations} model evaluations, backend {result.backend}, "
         f"sampling {result.sampling_seconds:.1f} s)"
     )
+    if result.flops is not None:
+        branches = [sum(e[b] for e in result.flops["per_scale"].values()) for b in ("positive", "negative")]
+        print(f"model FLOPs: {result.flops['total'] / 1e9:.4g} GFLOP (positive branch {branches[0] / 1e9:.4g}, "
+              f"negative branch {branches[1] / 1e9:.4g})")  # fmt: skip
     if result.audio is not None:
         print(f"sound: {result.audio.shape[0]} track(s) of {result.audio.shape[1]} samples at {result.sample_rate} Hz")
     if result.cache is not None:
         scales = result.cache["per_scale"].items()
         per = ", ".join(f"{c} {s['evaluated']} run / {s['reused']} reused" for c, s in scales)
-        print(f"step cache {result.cache['policy']}: {per}")
+        reused = result.cache.get("guidance_reused")
+        print(f"step cache {result.cache['policy']}: {per}" + ("" if reused is None else f", {reused} guided steps "
+              "ran the positive branch alone"))  # fmt: skip
     return 0

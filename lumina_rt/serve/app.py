@@ -128,6 +128,8 @@ class Video(BaseModel):
     backend: str | None = None
     batch_size: int | None = None
     timings: dict[str, float] | None = None
+    # under Ray Serve: the generator replica that made it, its node, how long the batch waited for a free replica
+    replica: dict[str, str | float] | None = None
 
 
 class VideoList(BaseModel):
@@ -427,6 +429,7 @@ def video_object(job: Job, store: JobStore) -> dict[str, Any]:
         "backend": result.get("backend"),
         "batch_size": result.get("batch_size"),
         "timings": result.get("timings"),
+        "replica": result.get("replica"),
     }
 
 

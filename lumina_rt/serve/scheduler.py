@@ -95,10 +95,17 @@ class Scheduler:
         ttl_seconds: float | None = 24 * 3600.0,
         sweep_seconds: float = 60.0,
         link: RankLink | None = None,
+        executor: Executor | None = None,
+        workers: int = 1,
     ):
-        """`link`: under torchrun, rank 0's link to the other ranks (each runs every batch: `follow`)."""
+        """`link`: under torchrun, rank 0's link to the other ranks (each runs every batch: `follow`). `executor`:
+        what runs a batch (default: `generate_batch` on `runtime` in this process; under Ray Serve, a generator
+        replica: `lumina_rt.serve.ray_app`); `workers`: batches run at the same time (one per replica)."""
         self.runtime = runtime
         self.link = link
+        self.executor: Executor = executor or (lambda items, callback, stop: generate_batch(runtime, items, callback))
+        self.workers = max(1, int(workers))
+        self._batches: dict[int, tuple[list[str], threading.Event]] = {}  # running batches: their ids, stop flag
         self.store = store
         self.max_batch = max(1, int(max_batch))
         self.batch_wait = max(0.0, float(batch_wait_ms)) / 1000.0
@@ -119,7 +126,8 @@ class Scheduler:
         recovered = self.store.recover()
         if any(recovered.values()):
             logger.info("store recovered: %s", recovered)
-        for name, target in (("lumina-rt-worker", self._work), ("lumina-rt-sweeper", self._sweep)):
+        names = [f"lumina-rt-worker-{i}" if self.workers > 1 else "lumina-rt-worker" for i in range(self.workers)]
+        for name, target in [*((n, self._work) for n in names), ("lumina-rt-sweeper", self._sweep)]:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -141,6 +149,9 @@ class Scheduler:
     def cancel(self, job_id: str) -> bool:
         """Stop the job at its next sampler step if it is running (the store has already marked it deleted)."""
         self._cancelled.add(job_id)
+        for ids, stop in list(self._batches.values()):
+            if job_id in ids and all(i in self._cancelled for i in ids):
+                stop.set()  # an executor in another process stops the batch now, not at the next step's report
         return job_id in self._running
 
     def retry_after(self) -> int:
@@ -201,14 +212,18 @@ class Scheduler:
             return
         ids = [j.id for j in jobs]
         self._running.update(ids)
-        self.metrics.in_flight.set(len(jobs))
+        stop = threading.Event()
+        self._batches[id(stop)] = (ids, stop)
+        self.metrics.in_flight.inc(len(jobs))
         self.metrics.batch_size.observe(len(jobs))
         try:
             try:
-                self._generate(jobs)
+                self._generate(jobs, stop)
             except Cancelled:
                 logger.info("cancelled %s", ", ".join(ids))
                 self.metrics.finished.labels("cancelled").inc(len(jobs))
+            except WorkerLost as exc:
+                self._retry(jobs, exc)
             except Exception as exc:
                 if self.link is not None and not isinstance(exc, LuminaError):
                     self._lost_rank(jobs, exc)
@@ -222,9 +237,23 @@ class Scheduler:
                         if not self._stop.is_set():
                             self._run_batch([job])
         finally:
+            self._batches.pop(id(stop), None)
             self._running.difference_update(ids)
             self._cancelled.difference_update(ids)
-            self.metrics.in_flight.set(0)
+            self.metrics.in_flight.dec(len(jobs))
+
+    def _retry(self, jobs: list[Job], exc: WorkerLost) -> None:
+        """The process running the batch died (a generator replica killed, out of memory): its jobs go back to the
+        queue, their attempts counted, and fail (`worker_lost`) once they reach the store's attempt limit."""
+        for job in jobs:
+            if job.id in self._cancelled:
+                continue
+            if self.store.retry(job.id, "worker_lost", str(exc), self.ttl_seconds):
+                logger.warning("job %s: %s; queued again (attempt %d done)", job.id, exc, job.attempts)
+            else:
+                logger.error("job %s failed: %s (attempt %d of %d)", job.id, exc, job.attempts, self.store.max_attempts)
+                self.metrics.finished.labels("failed").inc()
+        self.notify()
 
     def _lost_rank(self, jobs: list[Job], exc: BaseException) -> None:
         """A process of the torchrun group failed mid-batch: fail its jobs with the message, stop taking jobs
@@ -269,7 +298,7 @@ class Scheduler:
 
         return on_step
 
-    def _generate(self, jobs: list[Job]) -> None:
+    def _generate(self, jobs: list[Job], stop: threading.Event) -> None:
         p = jobs[0].params
         start = time.perf_counter()
         items = [j.params for j in jobs]
@@ -277,7 +306,8 @@ class Scheduler:
         if self.link is not None:
             self.link.send(items)
             callback = self.link.stepper(callback)
-        result = generate_batch(self.runtime, items, callback)
+        result = self.executor(items, callback, stop)
+        served_by = getattr(result, "served_by", None)  # {"replica", "node"} from an executor in another process
         run_seconds = time.perf_counter() - start
         self.seconds_per_job = 0.8 * self.seconds_per_job + 0.2 * run_seconds / len(jobs)
         for i, job in enumerate(jobs):
@@ -308,6 +338,7 @@ class Scheduler:
                     "timings": timings,
                     "cache": result.cache,
                     "audio": result.audio is not None,
+                    **({"replica": served_by} if served_by else {}),
                 },
                 self.ttl_seconds,
             )
@@ -350,6 +381,14 @@ class Scheduler:
         except Exception:
             logger.exception("sweeper error")
             return 0
+
+
+class WorkerLost(RuntimeError):
+    """An executor lost the process running a batch (not the batch's own error): its jobs are run again."""
+
+
+# What runs one batch: (items, per-step callback, stop flag set when all its jobs were deleted) -> GenerationResult.
+Executor = Callable[[list[dict[str, Any]], Callable[[int, int, str], bool], threading.Event], Any]
 
 
 class RankLink:

@@ -236,6 +236,22 @@ class JobStore:
                 (job_id,),
             )
 
+    def retry(self, job_id: str, code: str, message: str, ttl_seconds: float | None = None) -> bool:
+        """A running job whose process died: back to the queue with its attempt counted (True), or failed with
+        `code` and the message once it has had `max_attempts` attempts (False)."""
+        job = self._one("SELECT * FROM jobs WHERE id = ? AND status = 'in_progress'", (job_id,))
+        if job is None:
+            return False
+        if job.attempts >= self.max_attempts:
+            self.fail(job_id, code, f"{message} (during each of {job.attempts} attempts)", ttl_seconds)
+            return False
+        self._done(job_id)
+        with self._lock:
+            self._db.execute(
+                "UPDATE jobs SET status = 'queued', progress = 0 WHERE id = ? AND status = 'in_progress'", (job_id,)
+            )
+        return True
+
     def complete(self, job_id: str, result: dict[str, Any], ttl_seconds: float | None) -> None:
         now = int(time.time())
         expires = None if ttl_seconds is None else now + int(ttl_seconds)

@@ -128,3 +128,56 @@ def test_serve_throughput_latency_and_overhead(engine_dir, tmp_path):
             "value": on["videos_per_min"] / off["videos_per_min"],
             "sizes": f"videos/min batching on / off at concurrency {concurrency}",
         }
+
+
+RAY_SECTION = "Serving on Ray Serve (built-in model, 8 x 32 x 32, local Ray instance, 1 CPU per generator replica)"
+RAY_JOBS = 16  # at concurrency 8
+
+
+def ray_server(engine_dir: Path, store: Path, replicas: int) -> ServerProcess:
+    """`lumina-rt serve --ray --replicas N` (its own local Ray instance, loopback only), once serve.run returned."""
+    server = ServerProcess(engine_dir, store, "--ray", "--replicas", str(replicas), "--cpus-per-replica", "1")
+    deadline = time.monotonic() + 120
+    while "ready at" not in server.output():
+        if time.monotonic() > deadline or server.proc.poll() is not None:
+            server.stop()
+            raise AssertionError(server.output())
+        time.sleep(0.1)
+    return server
+
+
+def test_serve_on_ray_replicas_and_ingress_overhead(engine_dir, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("the ray extra is not installed (pip install 'lumina-rt[ray]')")
+    rates = {}
+    for replicas in (1, 2):
+        server = ray_server(engine_dir, tmp_path / f"ray-store-{replicas}", replicas)
+        try:
+            run_load(server, 2, 4)  # warm-up: every replica has run a batch
+            r = run_load(server, 8, RAY_JOBS)
+            rates[replicas] = r["videos_per_min"]
+            report_rows.add(RAY_SECTION, {"replicas": replicas, "concurrency": 8, "jobs": RAY_JOBS, **r})
+            if replicas == 1:  # the ingress's overhead: one job at a time, against the one-process server
+                local = ServerProcess(engine_dir, tmp_path / "local-store", "--max-batch", "1")
+                try:
+                    served_once(local, 0)
+                    on_ray, in_process = [], []
+                    for k in range(9):  # alternating (the machine is noisy)
+                        on_ray.append(served_once(server, k))
+                        in_process.append(served_once(local, k))
+                finally:
+                    local.stop()
+                ray_s, local_s = statistics.median(on_ray), statistics.median(in_process)
+                report_rows.SUMMARY["serve_ray_ingress_overhead_per_job_s"] = {
+                    "value": ray_s - local_s,
+                    "sizes": f"concurrency 1, 9 alternating runs: Ray Serve (1 replica) median {ray_s:.3f} s vs the "
+                    f"one-process server {local_s:.3f} s (submit -> completed -> MP4 downloaded)",
+                }
+        finally:
+            server.stop()
+    report_rows.SUMMARY["serve_ray_speedup_2_over_1_replicas"] = {
+        "value": rates[2] / rates[1],
+        "sizes": f"videos/min at concurrency 8: 2 replicas {rates[2]:.0f}, 1 replica {rates[1]:.0f} (1 CPU each)",
+    }

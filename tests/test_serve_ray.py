@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_serve import REPO, SIZE, ServerProcess, wait_for
+from tests.test_serve import REPO, SIZE, ServerProcess, free_port, wait_for
 
 pytestmark = pytest.mark.filterwarnings("ignore:The Sora API:DeprecationWarning")  # the openai client's notice
 
@@ -261,3 +262,27 @@ def test_ray_flags_are_checked(tmp_path):
         cmd = [sys.executable, "-m", "lumina_rt", "serve", "--builtin", "--store", str(tmp_path), *args]
         done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
         assert done.returncode == 2 and words in done.stderr, (args, done.stderr)
+
+
+def test_engines_that_cannot_load_stop_the_start_with_the_reason(tmp_path):
+    """A generator (and the ingress) over engines whose weights file is corrupt: the app never becomes ready, the
+    command exits 2 with the replicas' reason, and its Ray instance is gone."""
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("the ray extra is not installed (pip install 'lumina-rt[ray]')")
+    from lumina_rt.builtin.engines import builtin_engines
+
+    engines = tmp_path / "engines"
+    shutil.copytree(builtin_engines(audio=True), engines, ignore=shutil.ignore_patterns(".*"))
+    with open(engines / "weights.bin", "r+b") as f:  # same size, other bytes: the SHA-256 check refuses it
+        f.seek(1000)
+        byte = f.read(1)
+        f.seek(1000)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    before = ray_daemons()
+    cmd = [sys.executable, "-m", "lumina_rt", "serve", str(engines), "--ray", "--replicas", "1"]
+    cmd += ["--port", str(free_port()), "--store", str(tmp_path / "store")]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=180)
+    assert done.returncode == 2, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert "did not start" in last and "Generator" in last and "weights.bin" in last, last
+    assert not ray_daemons() - before

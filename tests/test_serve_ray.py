@@ -286,3 +286,35 @@ def test_engines_that_cannot_load_stop_the_start_with_the_reason(tmp_path):
     last = done.stderr.strip().splitlines()[-1]
     assert "did not start" in last and "Generator" in last and "weights.bin" in last, last
     assert not ray_daemons() - before
+
+
+def test_a_job_whose_worker_dies_each_time_fails_after_the_attempt_limit(tmp_path):
+    """The scheduler's side of a lost replica, without Ray: an executor that loses its process on every try (as a
+    job that kills each replica it runs on) -> queued again with each attempt counted, then failed with the reason."""
+    from lumina_rt.serve.scheduler import Scheduler, WorkerLost
+    from lumina_rt.serve.store import JobStore
+
+    store = JobStore(tmp_path / "store", max_attempts=3)
+    tries = []
+
+    def executor(items, callback, stop):
+        tries.append(items[0]["prompt"])
+        raise WorkerLost("the generator replica running this job was lost (ActorDiedError)")
+
+    scheduler = Scheduler(None, store, max_batch=1, executor=executor, workers=2, sweep_seconds=60)
+    params = {"prompt": "a red circle", "seed": 0, "fps": 8, "frames": 8, "height": 32, "width": 32}
+    job, _ = store.add(model="lumina-video", prompt="a red circle", seconds="1", size="32x32", params=params)
+    scheduler.start()
+    try:
+        deadline = time.monotonic() + 30
+        while (current := store.get(job.id)) is not None and current.status != "failed":
+            assert time.monotonic() < deadline, current
+            time.sleep(0.01)
+    finally:
+        scheduler.stop()
+        store.close()
+    assert current is not None and len(tries) == 3 and current.attempts == 3
+    assert current.error_code == "worker_lost"
+    assert current.error_message == (
+        "the generator replica running this job was lost (ActorDiedError) (during each of 3 attempts)"
+    )

@@ -18,6 +18,7 @@ Ray is imported only here, and only when `--ray` is used: without the `ray` extr
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -183,6 +184,9 @@ class RayExecutor:
             raise Cancelled("the batch's jobs were deleted") from None
         except (rx.RayActorError, rx.WorkerCrashedError, rx.NodeDiedError, rx.OutOfMemoryError) as exc:
             raise WorkerLost(f"the generator replica running this job was lost ({type(exc).__name__})") from exc
+        except rx.RayTaskError as exc:  # the batch's own error (a bad request, out of GPU memory): as in-process
+            cause = getattr(exc, "cause", None)
+            raise (cause if isinstance(cause, Exception) else exc) from None
         finally:
             finished.set()
             watcher.join()
@@ -293,7 +297,7 @@ def serve_on_ray(
     engine_dir = str(Path(engine_dir).resolve())
     weights = weights_hash_of(engine_dir)
     store = Path(options.store if options.store is not None else default_store()).resolve()
-    options = ServeOptions(**{**options.__dict__, "store": str(store)})
+    options = dataclasses.replace(options, store=str(store))
     owns_ray = not ray.is_initialized() and ray_options.address is None
     if ray_options.address is not None:
         ray.init(address=ray_options.address, log_to_driver=False, configure_logging=False)

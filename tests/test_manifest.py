@@ -243,7 +243,7 @@ def test_host_record_and_comparison():
     here = mf.host()
     assert set(here) == {"cpu", "threads", "gpu", "torch"} and mf.same_host(dict(here), here)
     assert not mf.same_host({**here, "cpu": "Other CPU 9000"}, here) and not mf.same_host(None, here)
-    assert mf.same_host({**here, "torch": "0.0"}, here)  # the machine, not the software, decides
+    assert mf.same_host({**here, "torch": "0.0", "threads": 99}, here)  # the machine decides, not the process
     assert mf.host_label({"cpu": "X", "threads": 4, "gpu": "G"}) == "X, 4 threads, G"
 
 
@@ -256,7 +256,7 @@ def test_ranking_from_another_host_warns_once_and_measure_only_re_measures_in_pl
     ckpt, out, shapes = torch_engines
     monkeypatch.setattr(engine_set, "_WARNED_HOSTS", set())
     manifest = mf.read_manifest(out)
-    other = {**manifest["ranking"]["host"], "cpu": "Other CPU 9000", "threads": 64}
+    other = {**manifest["ranking"]["host"], "cpu": "Other CPU 9000", "threads": 64}  # another machine
     manifest["ranking"]["host"] = other
     mf.write_manifest(out, manifest)
 

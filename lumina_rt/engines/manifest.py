@@ -121,8 +121,9 @@ def host_label(h: dict[str, Any] | None) -> str:
 
 
 def same_host(measured: dict[str, Any] | None, here: dict[str, Any]) -> bool:
-    """Whether a ranking measured on `measured` holds on `here`: same CPU model, thread count and GPU."""
-    return measured is not None and all(measured.get(k) == here.get(k) for k in ("cpu", "threads", "gpu"))
+    """Whether a ranking measured on `measured` was measured on this kind of machine: same CPU model and GPU (the
+    thread count is the process's setting, not the host's)."""
+    return measured is not None and all(measured.get(k) == here.get(k) for k in ("cpu", "gpu"))
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -68,6 +68,16 @@ LIST_GENERATORS = (
 
 
 @pytest.fixture(scope="module")
+def engine_dir_ray() -> Path:
+    """The built-in model's engines (with sound, as `serve --builtin`), when the ray extra is installed."""
+    if importlib.util.find_spec("ray") is None:  # not imported here: the test process stays a Ray-free client
+        pytest.skip("the ray extra is not installed (pip install 'lumina-rt[ray]')")
+    from lumina_rt.builtin.engines import builtin_engines
+
+    return builtin_engines(audio=True)
+
+
+@pytest.fixture(scope="module")
 def ray_server(tmp_path_factory):
     if importlib.util.find_spec("ray") is None:  # not imported here: the test process stays a Ray-free client
         pytest.skip("the ray extra is not installed (pip install 'lumina-rt[ray]')")
@@ -318,3 +328,60 @@ def test_a_job_whose_worker_dies_each_time_fails_after_the_attempt_limit(tmp_pat
     assert current.error_message == (
         "the generator replica running this job was lost (ActorDiedError) (during each of 3 attempts)"
     )
+
+
+def test_serve_joins_a_cluster_started_with_ray_start(engine_dir_ray, tmp_path):
+    """`ray start --head` (loopback only, as one node of a cluster would be), then `lumina-rt serve --ray --address`:
+    a job completes; stopping the server deletes its app and leaves the cluster running; the cluster's own
+    `ray start --block` process (ended by its pid) takes its processes with it."""
+    before = ray_daemons()
+    port = free_port()
+    env = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
+    ray_cli = Path(sys.executable).with_name("ray")
+    log = tmp_path / "head.log"
+    cmd = [str(ray_cli), "start", "--head", "--block", "--port", str(port), "--num-cpus", "1"]
+    cmd += ["--include-dashboard=false", "--disable-usage-stats"]
+    with open(log, "w") as out:
+        head = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env})
+    server = None
+    try:
+        deadline = time.monotonic() + 90
+        while "Ray runtime started" not in log.read_text():
+            assert time.monotonic() < deadline and head.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.2)
+        server = ServerProcess(
+            engine_dir_ray, tmp_path / "store", "--ray", "--address", f"127.0.0.1:{port}", "--replicas", "1", env=env
+        )
+        deadline = time.monotonic() + 120
+        while "ready at" not in server.output():
+            assert time.monotonic() < deadline and server.proc.poll() is None, server.output()
+            time.sleep(0.1)
+        with server.client() as http:
+            job = http.post("/v1/videos", json={"prompt": "a red circle moving right", **SIZE}).json()
+            video = wait_for(http, job["id"], timeout=60)
+        assert video["status"] == "completed" and video["replica"]["replica"], video
+        server.stop()
+        assert server.proc.returncode == 0, server.output()
+        time.sleep(1)
+        assert head.poll() is None, "stopping the server stopped the cluster it had joined"
+    finally:
+        if server is not None:
+            server.stop()
+        head.terminate()
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+            head.wait(10)
+        deadline = time.monotonic() + 30
+        while (left := ray_daemons() - before) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        current = Path("/tmp/ray/ray_current_cluster")  # `ray start` names its cluster there; `ray stop` clears it
+        if current.is_file() and current.read_text().strip().endswith(f":{port}"):
+            current.unlink(missing_ok=True)
+        for pid in left:  # started by this test's `ray start`: end them so nothing leaks, then fail
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass
+    assert not left, f"Ray processes left after `ray start --block` ended: {sorted(left)}"

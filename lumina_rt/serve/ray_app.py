@@ -300,9 +300,16 @@ def serve_on_ray(
     options = dataclasses.replace(options, store=str(store))
     owns_ray = not ray.is_initialized() and ray_options.address is None
     if ray_options.address is not None:
-        ray.init(address=ray_options.address, log_to_driver=False, configure_logging=False)
+        try:
+            ray.init(address=ray_options.address, log_to_driver=False, configure_logging=False)
+        except (ConnectionError, RuntimeError) as exc:
+            raise InputError(
+                f"--address {ray_options.address}: cannot join the Ray cluster ({str(exc).strip().splitlines()[-1]}); "
+                "with token authentication (Ray's default), set RAY_AUTH_MODE=token and the cluster's token"
+            ) from None
     elif owns_ray:  # a local instance for this process only: loopback, no dashboard; ray.shutdown() ends it
         ray.init(
+            address="local",  # a new instance, whatever `ray start` may have left in /tmp/ray
             num_cpus=max(1, round(ray_options.max_replicas * ray_options.cpus_per_replica)),
             include_dashboard=False,
             log_to_driver=False,

@@ -278,13 +278,17 @@ class RayServer:
     def __init__(self, url: str, address: str, owns_ray: bool, store: Path):
         self.url, self.address, self.owns_ray, self.store = url, address, owns_ray, store
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30.0) -> None:
+        """Delete the app (waiting at most `timeout` s: Ray's daemons may already be gone, e.g. a SIGTERM sent to
+        the whole process group) and stop a local Ray instance."""
         ray, serve = require_ray()
-        try:
-            serve.shutdown()
-        finally:
-            if self.owns_ray:
-                ray.shutdown()
+        closing = threading.Thread(target=serve.shutdown, name="lumina-rt-serve-shutdown", daemon=True)
+        closing.start()
+        closing.join(timeout)
+        if closing.is_alive():
+            logger.warning("Ray Serve did not shut down in %g s (is the Ray instance gone?)", timeout)
+        if self.owns_ray:
+            ray.shutdown()
 
 
 def serve_on_ray(
@@ -330,6 +334,7 @@ def serve_on_ray(
                 "min_replicas": lo,
                 "max_replicas": hi,
                 "target_ongoing_requests": 1,
+                "look_back_period_s": 5.0,
                 "upscale_delay_s": 2.0,
                 "downscale_delay_s": 60.0,
             }

@@ -49,7 +49,7 @@ function render(video) {
     video.status + " " + video.progress + "%";
   el.querySelector(".meta").textContent =
     video.size + ", " + video.seconds + " s, seed " + video.seed +
-    (video.timings ? ", " + video.timings.generate_s + " s, batch " + video.batch_size : "");
+    (video.timings ? ", generated in " + Number(video.timings.generate_s).toFixed(1) + " s, batch " + video.batch_size : "");
   if (video.status === "completed" && !el.querySelector("video")) {
     const player = document.createElement("video");
     player.controls = true;
@@ -141,8 +141,15 @@ async function start() {
   try {
     const shapes = (await api("/v1/models")).data[0];
     $("model").textContent = shapes.id + " on " + shapes.backend;
-    for (const size of shapes.sizes) $("size").add(new Option(size, size, size === shapes.default_size));
-    for (const s of shapes.seconds) $("seconds").add(new Option(s + " s", s, s === shapes.default_seconds));
+    // new Option(text, value, defaultSelected, selected): both, so the served default is the one shown
+    for (const size of shapes.sizes) {
+      const chosen = size === shapes.default_size;
+      $("size").add(new Option(size, size, chosen, chosen));
+    }
+    for (const s of shapes.seconds) {
+      const chosen = s === shapes.default_seconds;
+      $("seconds").add(new Option(s + " s", s, chosen, chosen));
+    }
     const list = await api("/v1/videos?limit=20");
     for (const video of list.data.reverse()) {
       render(video);

@@ -130,9 +130,7 @@ class Generator:
         try:
             while (step := await events.get()) is not None:
                 yield {"step": step}
-            result = future.result()
-            result.frames = None if result.frames is None else result.frames.contiguous()
-            yield {"result": result, "served_by": self.served_by}
+            yield {"result": future.result(), "served_by": self.served_by}
         finally:
             if not future.done():  # cancelled (the job was deleted): stop at the next step, free the replica after
                 stop.set()

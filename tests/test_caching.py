@@ -300,3 +300,26 @@ def test_guidance_reuse_on_the_builtin_model_stays_close_to_uncached():
     reused = on.cache["guidance_reused"]
     message = f"{reused} negative evaluations skipped, PSNR mean {db.mean():.1f} dB, min {db.min():.1f} dB"
     assert float(db.mean()) > PSNR_FLOOR[0] and float(db.min()) > PSNR_FLOOR[1], message
+
+
+def test_generate_command_prints_the_flops_spent(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from lumina_rt.cli import main
+    from lumina_rt.parity import load_fixture
+    from lumina_rt.runtime import Runtime
+
+    _, eng, _ = engines("public")
+    fx = load_fixture(fixture_path("public"))
+    feats = tmp_path / "caption.safetensors"
+    save_file({k: fx.get(f"in.{k}")[:1].contiguous() for k in ("cap_feats", "cap_mask")}, str(feats))
+    argv = ["generate", str(eng), "--caption-features", str(feats), "--out", str(tmp_path / "v.gif"), "--frames", "8",
+            "--height", "16", "--width", "16", "--steps", "4", "--schedule", "1x2", "--cfg", "0", "--backend", "torch",
+            "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("model FLOPs: ")]
+    res = Runtime(eng, backend="torch").generate(cap_feats=fx.get("in.cap_feats")[:1], cfg=0.0, frames=8, height=16,
+                                                  width=16, steps=4, schedule="1x2", progress=False)  # fmt: skip
+    assert res.flops["per_scale"]["1x2"]["negative"] == 0 and res.flops["total"] > 0
+    assert printed == [f"model FLOPs: {res.flops['total'] / 1e9:.4g} GFLOP (positive branch "
+                       f"{res.flops['total'] / 1e9:.4g}, negative branch 0)"]  # fmt: skip

@@ -20,7 +20,7 @@ import torch
 from lumina_rt import ops
 from lumina_rt.caching import StepCache
 from lumina_rt.config import ModelConfig
-from lumina_rt.flops import forward_flops, token_count, weight_bytes
+from lumina_rt.flops import FlopCount, forward_flops, token_count, weight_bytes
 from lumina_rt.model import MultiScaleNextDiT
 from lumina_rt.sampling import Conditioning, SampleConfig, sample_euler
 
@@ -303,7 +303,8 @@ def test_attention_share(dtype_name, backend):
         report_rows.SUMMARY["attention_share"]["value"] = row["attention_pct"] / 100
 
 
-def _sample_ms(preset: str, velocity_fn, cache: str | None = None) -> tuple[float, list[str]]:
+def _sample_ms(preset: str, velocity_fn, cache: str | None = None) -> tuple[float, list[str], int]:
+    """Median wall ms of one sampling run, the patch combo of each model evaluation, and the model FLOPs spent."""
     cfg = bench_model().config
     sc = SampleConfig.from_name(preset).replace(step=E2E_STEPS)
     g = torch.Generator().manual_seed(0)
@@ -313,14 +314,16 @@ def _sample_ms(preset: str, velocity_fn, cache: str | None = None) -> tuple[floa
     combos: list[str] = []
 
     policy = StepCache.from_setting(cache)
+    counters: list[FlopCount] = []
 
     def run():
         combos.clear()
+        counters[:] = [FlopCount(cfg, 1)]
         with torch.no_grad():
-            return sample_euler(velocity_fn, z, pos, neg, sc, progress=False, cache=policy and policy.start(),
-                                callback=lambda k, t, c: combos.append(c))  # fmt: skip
+            return sample_euler(counters[0].wrap(velocity_fn), z, pos, neg, sc, progress=False,
+                                cache=policy and policy.start(), callback=lambda k, t, c: combos.append(c))  # fmt: skip
 
-    return report_rows.median_ms(run, reps=2, warmup=0), list(combos)
+    return report_rows.median_ms(run, reps=2, warmup=0), list(combos), counters[0].total
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
@@ -329,39 +332,45 @@ def test_end_to_end_multiscale_vs_single(backend):
     if backend == "onnxruntime":
         report_rows.needs_onnx("multiscale_over_single")
     velocity_fn = _ort_runtime().velocity if backend == "onnxruntime" else bench_model().velocity
-    single_ms, single_combos = _sample_ms("f24F96R960", velocity_fn)
-    multi_ms, multi_combos = _sample_ms("f24F96R960-MultiScale", velocity_fn)
+    single_ms, single_combos, single_flops = _sample_ms("f24F96R960", velocity_fn)
+    multi_ms, multi_combos, multi_flops = _sample_ms("f24F96R960-MultiScale", velocity_fn)
     assert set(single_combos) == {"1x2"} and {"2x4", "2x2", "1x2"} <= set(multi_combos)
     ratio = multi_ms / single_ms
-    runs = (("f24F96R960", single_ms, single_combos), ("f24F96R960-MultiScale", multi_ms, multi_combos))
-    for name, ms, combos in runs:
+    runs = (("f24F96R960", single_ms, single_combos, single_flops),
+            ("f24F96R960-MultiScale", multi_ms, multi_combos, multi_flops))  # fmt: skip
+    for name, ms, combos, flops in runs:
         schedule = " ".join(f"{c}×{combos.count(c)}" for c in ("2x4", "2x2", "1x2"))
-        row = dict(backend=backend, preset=name, steps=E2E_STEPS, schedule=schedule, seconds=ms / 1e3)
+        row = dict(backend=backend, preset=name, steps=E2E_STEPS, schedule=schedule, seconds=ms / 1e3,
+                   model_gflop=flops / 1e9)  # fmt: skip
         report_rows.add("End-to-end sampling (fp32, CFG on)", row)
     key = "multiscale_over_single" if backend == "onnxruntime" else "multiscale_over_single_torch_eager"
     report_rows.SUMMARY[key] = dict(
-        value=ratio, sizes=f"{SIZES}; {E2E_STEPS} Euler steps, {backend} fp32, released f24F96R960 schedules"
-    )
+        value=ratio, flops=multi_flops / single_flops,
+        sizes=f"{SIZES}; {E2E_STEPS} Euler steps, {backend} fp32, released f24F96R960 schedules",
+    )  # fmt: skip
 
 
 def test_end_to_end_step_cache():
     """End-to-end sampling with step caching ("safe") against uncached, single- and multi-scale, ONNX Runtime fp32."""
     report_rows.needs_onnx("cache_over_uncached")
     velocity_fn = _ort_runtime().velocity
-    times, evals = {}, {}
+    times, evals, flops = {}, {}, {}
     for preset in ("f24F96R960", "f24F96R960-MultiScale"):
         for cache in (None, "safe"):
-            ms, combos = _sample_ms(preset, velocity_fn, cache)
-            times[preset, cache], evals[preset, cache] = ms, len(combos)
-            row = dict(preset=preset, cache=cache or "off", evaluations=len(combos), seconds=ms / 1e3)
+            ms, combos, spent = _sample_ms(preset, velocity_fn, cache)
+            times[preset, cache], evals[preset, cache], flops[preset, cache] = ms, len(combos), spent
+            row = dict(preset=preset, cache=cache or "off", evaluations=len(combos), seconds=ms / 1e3,
+                       model_gflop=spent / 1e9)  # fmt: skip
             report_rows.add("End-to-end sampling with step caching (onnxruntime fp32, CFG on)", row)
     ratios = {p: times[p, "safe"] / times[p, None] for p in ("f24F96R960", "f24F96R960-MultiScale")}
     report_rows.SUMMARY["cache_over_uncached"] = dict(
         value=ratios["f24F96R960"], per_schedule=ratios,
+        flops={p: flops[p, "safe"] / flops[p, None] for p in ("f24F96R960", "f24F96R960-MultiScale")},
         evaluations={f"{p} {c or 'off'}": n for (p, c), n in evals.items()},
         sizes=f"{SIZES}; {E2E_STEPS} Euler steps, onnxruntime fp32, cache 'safe'",
     )  # fmt: skip
     report_rows.SUMMARY["multiscale_cached_over_single_uncached"] = dict(
         value=times["f24F96R960-MultiScale", "safe"] / times["f24F96R960", None],
+        flops=flops["f24F96R960-MultiScale", "safe"] / flops["f24F96R960", None],
         sizes=f"{SIZES}; {E2E_STEPS} Euler steps, onnxruntime fp32",
     )

@@ -45,3 +45,23 @@ def test_with_the_onnx_extra_nothing_is_skipped(monkeypatch, fresh_report):
     monkeypatch.setattr(report_rows, "onnx_missing", lambda: None)
     report_rows.needs_onnx("ort_over_torch")  # returns: the row runs
     assert report_rows.SKIPPED == {}
+
+
+def test_end_to_end_rows_count_the_model_flops_spent():
+    """The end-to-end rows' FLOPs: every model call at its rows (2 on guided steps), here with a free velocity."""
+    from lumina_rt.flops import forward_flops, token_count
+    from lumina_rt.sampling import SampleConfig, time_grid
+
+    cfg = test_latency.bench_model().config
+    calls: list[int] = []
+
+    def velocity(x, t, cap_feats, cap_mask, motion, combo):
+        calls.append(x.shape[0])
+        return -x
+
+    _, combos, flops = test_latency._sample_ms("f24F96R960", velocity)
+    sc = SampleConfig.from_name("f24F96R960").replace(step=test_latency.E2E_STEPS)
+    guided = sum(1 for t in time_grid(sc.step, sc.ts).tolist()[:-1] if t < 0.2)
+    one = forward_flops(cfg, "1x2", token_count(cfg, "1x2", *test_latency.LATENT[1:]), test_latency.CAP_LEN)
+    assert len(combos) == sc.step - 1 and 0 < guided < sc.step - 1
+    assert flops == (len(combos) + guided) * one

@@ -115,7 +115,8 @@ class FlopCount:
     def wrap(self, velocity_fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         def counted(x, t, cap_feats, cap_mask, motion, combo):  # noqa: ANN001, ANN202
             out = velocity_fn(x, t, cap_feats, cap_mask, motion, combo)
-            self.add(combo, int(x.shape[0]), tuple(int(s) for s in x.shape[2:]), int(cap_feats.shape[1]))
+            grid = (int(x.shape[2]), int(x.shape[3]), int(x.shape[4]))
+            self.add(combo, int(x.shape[0]), grid, int(cap_feats.shape[1]))
             return out
 
         return counted

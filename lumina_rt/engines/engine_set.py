@@ -270,10 +270,11 @@ class EngineSet:
     ) -> torch.Tensor:
         """Velocity of x [B, C, F, H, W] with the engine of patch `combo` (F = 1: an image)."""
         tokens, cos, sin, index = self.tokens(x, t, cap_feats, cap_mask, motion, combo)
-        pf, p = self._shapes[(combo, *x.shape[2:])][:2]
+        _, _, frames, height, width = x.shape
+        pf, p = self._shapes[(combo, frames, height, width)][:2]
         out = self.engine(combo).run(tokens, cos, sin, t.float(), cap_feats.float(), cap_mask, motion.float(), index)
         with ops.use_backend("torch"):
-            return ops.unpatchify(out.to(x.device), *x.shape[2:], pf, p, p)
+            return ops.unpatchify(out.to(x.device), frames, height, width, pf, p, p)
 
     def tokens(
         self,

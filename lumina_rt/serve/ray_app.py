@@ -39,8 +39,9 @@ EXTRA = "ray"
 
 def require_ray(local: bool = False) -> tuple[Any, Any]:
     """(ray, ray.serve), or BackendUnavailableError naming the `ray` extra. `local`: this process will start a
-    single-node instance of its own: Ray then takes 127.0.0.1 as the node's address, so every server it starts
-    listens on the loopback interface only (read when ray is first imported)."""
+    single-node instance of its own: Ray then takes 127.0.0.1 as the node's address, so its own servers listen on
+    the loopback interface (read when ray is first imported); Ray Serve replicas' inter-deployment gRPC servers still
+    bind all interfaces (hard-coded `[::]:0` in Ray Serve 2.60; docs/serving.md)."""
     if local:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray's single-node mode: loopback only
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -374,3 +374,26 @@ def test_end_to_end_step_cache():
         flops=flops["f24F96R960-MultiScale", "safe"] / flops["f24F96R960", None],
         sizes=f"{SIZES}; {E2E_STEPS} Euler steps, onnxruntime fp32",
     )
+
+
+def test_engine_over_model():
+    """An engine call (EngineSet.velocity: patchify, RoPE tables, profile choice, unpatchify around the model) over
+    the bare model at the engine's precision with the same kernels, per scale and torch engine backend
+    (bench/engine_overhead.py; timed in turns, median of 5). Goal (issue 27): <= 1.1 at every scale."""
+    from engine_overhead import measure
+
+    per_scale: dict[str, dict[str, float]] = {}
+    for backend, precision in (("torch-cpu-fused", "bf16"), ("torch-cpu-fused", "fp32"), ("torch", "fp32")):
+        if backend == "torch-cpu-fused" and "cpu-fused" not in ops.available_backends():
+            continue
+        result = measure(precision, backend)
+        for combo in ("1x2", "2x2", "2x4"):
+            r = result[combo]
+            per_scale.setdefault(f"{backend} {precision}", {})[combo] = r["engine_over_model"]
+            report_rows.add("Engine call vs bare model (batch 2)", dict(backend=backend, precision=precision,
+                            combo=combo, engine_ms=r["engine_ms"], model_ms=r["model_ms"],
+                            engine_over_model=r["engine_over_model"]))  # fmt: skip
+    report_rows.SUMMARY["engine_over_model"] = dict(
+        value=max(v for rows in per_scale.values() for v in rows.values()), per_scale=per_scale,
+        sizes=f"{SIZES}; torch engines, batch 2, median of 5; worst backend and scale as the value",
+    )  # fmt: skip

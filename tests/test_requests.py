@@ -6,6 +6,7 @@ the rules: docs/requests.md). Also Ctrl-C, a closed stdout pipe, `--version` and
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -403,14 +404,19 @@ def test_ctrl_c_while_sampling_leaves_no_output(builtin_cache, tmp_path):
 
 
 def test_closed_stdout_pipe_ends_quietly(tmp_path):
+    # The listing (~32 KB) must not fit in the pipe, or the command could finish writing before the reader closes
+    # it: a one-page pipe buffer (Linux F_SETPIPE_SZ) makes the write meet the closed pipe every time.
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, getattr(fcntl, "F_SETPIPE_SZ", 1031), 4096)
     proc = subprocess.Popen(
         [sys.executable, "-m", "lumina_rt", "inspect", "f24R960", "--keys", "--json"],
-        stdout=subprocess.PIPE,
+        stdout=write_end,
         stderr=subprocess.PIPE,
     )
-    assert proc.stdout is not None and proc.stderr is not None
-    proc.stdout.read(10)
-    proc.stdout.close()  # `| head -c 10`
+    os.close(write_end)
+    assert proc.stderr is not None
+    with os.fdopen(read_end, "rb") as stdout:
+        assert len(stdout.read(10)) == 10  # `| head -c 10`
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141
     assert err == ""

@@ -28,7 +28,10 @@ def add(p: argparse.ArgumentParser) -> Runner:
     p.add_argument(
         "--cache",
         default=None,
-        help="step caching: off / safe / fast or a threshold; runs each schedule uncached and cached and compares",
+        help=(
+            "step caching: off / safe / fast / safe+cfg or a threshold; runs each schedule uncached and cached and "
+            "compares"
+        ),
     )
     return run
 

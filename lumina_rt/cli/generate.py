@@ -46,7 +46,9 @@ def add(p: argparse.ArgumentParser) -> Runner:
         "--scale", type=int, default=None, help="nearest-neighbour upscale factor (default 4 with --builtin, else 1)"
     )
     p.add_argument(
-        "--cache", default=None, help="step caching: off (default), safe, fast, or a threshold (docs/caching.md)"
+        "--cache",
+        default=None,
+        help="step caching: off (default), safe, fast, safe+cfg (+ guidance reuse), or a threshold (docs/caching.md)",
     )
     p.add_argument(
         "--audio",

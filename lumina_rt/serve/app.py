@@ -166,7 +166,10 @@ _CREATE_SCHEMA = {
         "cfg": {"description": "guidance scale: a number or a time-aware list"},
         "motion": {"description": "motion score: a number or a time-aware list"},
         "neg_motion": {"description": "negative-branch motion score"},
-        "cache": {"type": "string", "description": "step caching: off, safe, fast or a threshold"},
+        "cache": {
+            "type": "string",
+            "description": "step caching: off, safe, fast, safe+cfg (safe plus guidance reuse) or a threshold",
+        },
         "audio": {"type": "boolean"},
         "audio_steps": {"type": "integer"},
         "fps": {"type": "number"},

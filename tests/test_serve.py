@@ -230,6 +230,28 @@ def test_json_and_form_bodies_and_idempotency(start_server):
         assert len(c.get("/v1/videos").json()["data"]) == 2
 
 
+def test_empty_prompt_in_the_request_models_words_and_unconditional_jobs(start_server):
+    from lumina_rt.request import GenerationRequest
+
+    server = start_server()
+    from lumina_rt.errors import LuminaError
+
+    with server.client() as c:
+        for body in ({"prompt": "   ", **SIZE}, {**SIZE}):
+            r = c.post("/v1/videos", json=body)
+            assert r.status_code == 400, r.text
+            error = r.json()["error"]
+            with pytest.raises(LuminaError) as expected:  # the CLI's and the Python API's check, in HTTP spelling
+                GenerationRequest.from_http({"prompt": body.get("prompt")})
+            assert error["param"] == "prompt" and error["message"] == str(expected.value)
+            assert '"unconditional": true' in error["message"]
+        refused = c.post("/v1/videos", json={"prompt": "a red circle", **SIZE, "unconditional": True})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "unconditional", refused.text
+        job = c.post("/v1/videos", data={"prompt": "", "size": "32x32", "seconds": "1", "unconditional": "true"})
+        assert job.status_code == 200, job.text
+        assert wait_for(c, job.json()["id"])["status"] == "completed"
+
+
 def test_audio_job_has_a_sound_track(start_server, tmp_path):
     from lumina_rt.video import sound_tracks
 

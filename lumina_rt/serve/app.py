@@ -49,6 +49,7 @@ LUMINA_FIELDS = (
     "cache",
     "audio",
     "audio_steps",
+    "unconditional",
     "fps",
     "frames",
     "height",
@@ -172,6 +173,7 @@ _CREATE_SCHEMA = {
         },
         "audio": {"type": "boolean"},
         "audio_steps": {"type": "integer"},
+        "unconditional": {"type": "boolean", "description": "true: a video with no prompt (prompt empty)"},
         "fps": {"type": "number"},
         "frames": {"type": "integer"},
         "height": {"type": "integer"},
@@ -501,7 +503,7 @@ def _form_value(name: str, text: str) -> Any:
             return float(text) if "." in text else int(text)
         except ValueError:
             return text
-    if name == "audio":
+    if name in ("audio", "unconditional"):
         return {"true": True, "false": False, "1": True, "0": False}.get(text.strip().lower(), text)
     if name in _JSON_FIELDS:
         try:
@@ -557,10 +559,8 @@ def check_submission(runtime: Any, body: dict[str, Any], settings: ServeSettings
     if body.get("input_reference") is not None:
         raise ApiError(400, "input_reference: image-to-video is not served", "input_reference", "unsupported_field")
     prompt = body.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise ApiError(
-            400, f"prompt: a non-empty string is required, got {json.dumps(prompt)}", "prompt", "invalid_value"
-        )
+    if prompt is not None and not isinstance(prompt, str):  # empty or missing: the request model's words, below
+        raise ApiError(400, f"prompt: one string per video, got {json.dumps(prompt)}", "prompt", "invalid_value")
     model = body.get("model")
     if model is not None and model != settings.model:
         raise ApiError(400, f"model: {model!r} is not served; served: [{settings.model!r}]", "model", "invalid_value")
@@ -571,6 +571,7 @@ def check_submission(runtime: Any, body: dict[str, Any], settings: ServeSettings
         GenerationRequest.from_http({"prompt": prompt, **fields})
     except LuminaError as exc:
         raise ApiError(400, str(exc), _param_of(str(exc)), "invalid_value") from None
+    prompt = prompt or ""  # "unconditional": true
     default = settings.default_size or runtime.pipeline.default_size or served[-1]
     fps = fields.get("fps", 8)
     size = body.get("size")
@@ -650,6 +651,7 @@ def check_submission(runtime: Any, body: dict[str, Any], settings: ServeSettings
         **{k: getattr(request, k) for k in ("steps", "preset", "schedule", "cfg", "motion", "neg_motion", "cache")},
         "audio": bool(request.audio),
         "audio_steps": request.audio_steps,
+        "unconditional": bool(request.unconditional),
     }
     return {
         "model": settings.model,

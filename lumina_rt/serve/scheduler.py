@@ -32,7 +32,19 @@ logger = logging.getLogger(__name__)
 
 # The generation fields that must be equal for jobs to share one `generate` call (prompt, negative prompt and seed
 # may differ: each job keeps its own noise).
-BATCH_FIELDS = ("frames", "height", "width", "fps", "steps", "preset", "schedule", "cfg", "motion", "neg_motion")
+BATCH_FIELDS = (
+    "frames",
+    "height",
+    "width",
+    "fps",
+    "steps",
+    "preset",
+    "schedule",
+    "cfg",
+    "motion",
+    "neg_motion",
+    "unconditional",
+)
 AUDIO_FIELDS = ("audio", "audio_steps", "seed")  # the sound model takes one seed per call
 
 OUTPUT_FILES = {"video": ("video.mp4", "video/mp4"), "thumbnail": ("thumbnail.png", "image/png")}
@@ -456,6 +468,7 @@ def generate_batch(runtime: Any, items: list[dict[str, Any]], callback: Callable
         seed=p["seed"],
         noise=noise,
         audio=bool(p.get("audio")),
+        unconditional=bool(p.get("unconditional")),
         progress=False,
         callback=callback,
         **options,

@@ -219,6 +219,15 @@ class EngineSet:
         return list(self._engines)
 
     # ------------------------------------------------------------------ what a request needs
+    def _grid_tokens(self, combo: str, f: int, h: int, w: int, what: str = "") -> tuple[int, int, int]:
+        """(pf, p, tokens) of latent grid (f, h, w) at a loaded scale; InputError when the patch does not divide it."""
+        self._scale(combo)
+        pf, p = parse_patch_combo(combo)
+        try:
+            return pf, p, scale_tokens((f, h, w), pf, p)
+        except InputError as exc:
+            raise InputError(f"unsupported resolution {f}x{h}x{w} (latent) for scale {combo}{what}: {exc}") from None
+
     def check_request(
         self, grid: Sequence[int], combos: Sequence[str], batch: int, caption: int, asked: str = ""
     ) -> None:
@@ -230,14 +239,7 @@ class EngineSet:
         f, h, w = (int(g) for g in grid)
         what = f" ({asked})" if asked else ""
         for combo in combos:
-            self._scale(combo)
-            pf, p = parse_patch_combo(combo)
-            try:
-                n = scale_tokens((f, h, w), pf, p)
-            except InputError as exc:
-                raise InputError(
-                    f"unsupported resolution: latent grid {f}x{h}x{w} for scale {combo}{what}: {exc}"
-                ) from None
+            _, _, n = self._grid_tokens(combo, f, h, w, what)
             prof = self.profiles[combo]
             if batch not in prof.batch:
                 raise EngineError(
@@ -294,14 +296,7 @@ class EngineSet:
         key = (combo, frames, height, width)
         shape = self._shapes.get(key)
         if shape is None:
-            self._scale(combo)
-            pf, p = parse_patch_combo(combo)
-            try:
-                n = scale_tokens((frames, height, width), pf, p)
-            except InputError as exc:
-                raise InputError(
-                    f"unsupported resolution {frames}x{height}x{width} (latent) for scale {combo}: {exc}"
-                ) from None
+            pf, p, n = self._grid_tokens(combo, frames, height, width)
             shape = self._shapes[key] = (pf, p, n, *latent_rope_tables(self.config, frames, height, width, pf, p))
             self.shape_cache["misses"] += 1
         else:

@@ -577,3 +577,37 @@ def test_health_ready_models_metrics(start_server):
         text = c.get("/metrics").text
         for name in ("lumina_rt_queue_depth", "lumina_rt_jobs_in_flight", "lumina_rt_step_seconds", "lumina_rt_ready"):
             assert name in text
+
+
+
+def test_progress_never_goes_back_while_a_job_finishes(tmp_path):
+    """A job read at the moment the worker completes it shows its live progress, never the stored 0 of a job still
+    "in_progress" whose live progress was already forgotten (CI once saw 99, 0, 100 in a client's polls). The read
+    happens inside the window: just before the store's own UPDATE to "completed"."""
+    from lumina_rt.serve.store import JobStore
+
+    store = JobStore(tmp_path / "jobs")
+    job_id = store.add(model="m", prompt="p", seconds="1", size="32x32", params={})[0].id
+    store.start([job_id])
+    store.set_progress(job_id, 99)
+    seen_in_window = []
+
+    class Connection:  # the store's connection, with a read slipped in before the status change
+        def __init__(self, db):
+            self.db = db
+
+        def execute(self, sql, *args):
+            if sql.startswith("UPDATE jobs SET status = 'completed'"):
+                job = store.get(job_id)
+                seen_in_window.append((job.status, job.progress))
+            return self.db.execute(sql, *args)
+
+        def __getattr__(self, name):
+            return getattr(self.db, name)
+
+    store._db = Connection(store._db)
+    store.complete(job_id, {"files": []}, ttl_seconds=None)
+    assert seen_in_window == [("in_progress", 99)]
+    job = store.get(job_id)
+    assert (job.status, job.progress) == ("completed", 100)
+    store.close()

@@ -126,7 +126,7 @@ class JobStore:
     def _one(self, sql: str, args: tuple[Any, ...] = ()) -> Job | None:
         with self._lock:
             row = self._db.execute(sql, args).fetchone()
-        return None if row is None else self._job(row)
+            return None if row is None else self._job(row)
 
     # ------------------------------------------------------------------ submission
     def add(
@@ -176,7 +176,7 @@ class JobStore:
             rows = self._db.execute(
                 f"SELECT * FROM jobs WHERE {where} ORDER BY seq {direction} LIMIT ?", (*args, limit + 1)
             ).fetchall()
-        jobs = [self._job(r) for r in rows]
+            jobs = [self._job(r) for r in rows]
         return jobs[:limit], len(jobs) > limit
 
     def queued(self, limit: int = 64) -> list[Job]:
@@ -221,20 +221,23 @@ class JobStore:
 
     def set_progress(self, job_id: str, progress: int) -> None:
         """A running job's progress (kept in memory: no disk write per sampler step)."""
-        self._progress[job_id] = int(progress)
+        with self._lock:
+            self._progress[job_id] = int(progress)
 
     def _done(self, job_id: str) -> None:
+        """Forget a running job's in-memory progress; called under the lock *after* the row's status changed, so a
+        reader never sees the job still in progress with the stored progress (0) instead of the live one."""
         self._progress.pop(job_id, None)
 
     def requeue(self, job_id: str) -> None:
         """Back to the queue without counting the attempt (a batch split to run item by item)."""
-        self._done(job_id)
         with self._lock:
             self._db.execute(
                 "UPDATE jobs SET status = 'queued', progress = 0, attempts = MAX(attempts - 1, 0) "
                 "WHERE id = ? AND status = 'in_progress'",
                 (job_id,),
             )
+            self._done(job_id)
 
     def retry(self, job_id: str, code: str, message: str, ttl_seconds: float | None = None) -> bool:
         """A running job whose process died: back to the queue with its attempt counted (True), or failed with
@@ -245,34 +248,34 @@ class JobStore:
         if job.attempts >= self.max_attempts:
             self.fail(job_id, code, f"{message} (during each of {job.attempts} attempts)", ttl_seconds)
             return False
-        self._done(job_id)
         with self._lock:
             self._db.execute(
                 "UPDATE jobs SET status = 'queued', progress = 0 WHERE id = ? AND status = 'in_progress'", (job_id,)
             )
+            self._done(job_id)
         return True
 
     def complete(self, job_id: str, result: dict[str, Any], ttl_seconds: float | None) -> None:
         now = int(time.time())
         expires = None if ttl_seconds is None else now + int(ttl_seconds)
-        self._done(job_id)
         with self._lock:
             self._db.execute(
                 "UPDATE jobs SET status = 'completed', progress = 100, completed_at = ?, expires_at = ?, result = ? "
                 "WHERE id = ?",
                 (now, expires, json.dumps(result), job_id),
             )
+            self._done(job_id)
 
     def fail(self, job_id: str, code: str, message: str, ttl_seconds: float | None = None) -> None:
         now = int(time.time())
         expires = None if ttl_seconds is None else now + int(ttl_seconds)
-        self._done(job_id)
         with self._lock:
             self._db.execute(
                 "UPDATE jobs SET status = 'failed', completed_at = ?, expires_at = ?, error_code = ?, "
                 "error_message = ? WHERE id = ?",
                 (now, expires, code, message, job_id),
             )
+            self._done(job_id)
 
     def delete(self, job_id: str) -> Job | None:
         """Mark the job deleted (it never runs, or its run is dropped) and remove its outputs; None if unknown."""
@@ -281,7 +284,7 @@ class JobStore:
             if row is None:
                 return None
             db.execute("UPDATE jobs SET deleted = 1 WHERE id = ?", (job_id,))
-        self._done(job_id)
+            self._done(job_id)
         shutil.rmtree(self.output_dir(job_id), ignore_errors=True)
         return Job.from_row(row)
 

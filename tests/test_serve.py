@@ -579,7 +579,6 @@ def test_health_ready_models_metrics(start_server):
             assert name in text
 
 
-
 def test_progress_never_goes_back_while_a_job_finishes(tmp_path):
     """A job read at the moment the worker completes it shows its live progress, never the stored 0 of a job still
     "in_progress" whose live progress was already forgotten (CI once saw 99, 0, 100 in a client's polls). The read

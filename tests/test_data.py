@@ -118,3 +118,89 @@ def test_vocabulary_covers_every_caption_word():
     ds = SyntheticDataset(seed=2)
     for cap in ds.video_batch(0, 16).captions + ds.image_batch(0, 16).captions + list(SYSTEM_PROMPTS.values()):
         assert set(tokenize(cap)) <= vocab, cap
+
+
+# ---- v2 data (issue 29): paraphrased captions, a held-out split, 64x64 frames, new backgrounds, distractors ----
+
+
+def test_v1_vocabulary_is_the_shipped_one_and_v2_covers_both_splits():
+    from lumina_rt.builtin import builtin_dir
+    from lumina_rt.data.captions import split_words
+
+    shipped = [w for w in (builtin_dir() / "text_vocab.txt").read_text().split("\n") if w]
+    assert vocabulary() == vocabulary("v1") == shipped
+    v2 = set(vocabulary("v2"))
+    assert set(shipped) <= v2 and split_words("train") <= v2 and split_words("heldout") <= v2
+
+
+def test_v2_heldout_words_templates_and_backgrounds_never_appear_in_training():
+    from lumina_rt.data import captions as C
+
+    function_words = {"a", "the", ","}
+    training = C.split_words("train") | set(vocabulary("v1"))
+    assert C.split_words("heldout") & training <= function_words
+    assert not set(C.V2_VIDEO_TEMPLATES["heldout"]) & set(C.V2_VIDEO_TEMPLATES["train"])
+    assert not set(C.V2_BACKGROUND_SPLITS["heldout"]) & set(C.V2_BACKGROUND_SPLITS["train"])
+    ds = SyntheticDataset(3, caption_set="v2")
+    heldout_only = C.split_words("heldout") - function_words
+    for step in range(4):
+        video, image = ds.video_batch(step, 16), ds.image_batch(step, 16)
+        assert all(s.background in C.V2_BACKGROUND_SPLITS["train"] for s in video.specs + image.specs)
+        for cap in video.captions + image.captions:
+            assert not set(tokenize(cap)) & heldout_only, cap
+    held = SyntheticDataset(3, caption_set="v2", split="heldout").video_batch(0, 16)
+    assert all(s.background in C.V2_BACKGROUND_SPLITS["heldout"] for s in held.specs)
+    assert all(
+        set(tokenize(c)) <= C.split_words("heldout") | set(SYSTEM_PROMPTS["toon"].split()) for c in held.captions
+    )
+
+
+def test_v2_captions_paraphrase_every_attribute():
+    from lumina_rt.data import captions as C
+
+    caps = [C.video_caption_v2("red", "circle", "left", "quickly", "plain", k) for k in range(2000)]
+    words = set(w for c in caps for w in tokenize(c))
+    for table in (C.COLOUR_WORDS, C.SHAPE_WORDS, C.DIRECTION_WORDS, C.SPEED_WORDS):
+        train = next(v[0] for k, v in table.items() if k in ("red", "circle", "left", "quickly"))
+        assert set(train) <= words  # every training synonym is used
+    assert len(set(caps)) > 100  # templates x synonyms x fillers
+    assert C.word_concepts()["crimson"] == "red" and C.word_concepts()["west"] == "left"
+
+
+def test_v2_clips_at_64px_are_measured_right_with_distractors_and_new_backgrounds():
+    """Render known v2 clips (both splits, both sources, every background), analyse them: >= 99 % right."""
+    import numpy as np
+
+    from lumina_rt.data.synthetic import V2_ONLY_BACKGROUNDS, random_spec_v2
+
+    rng = np.random.default_rng(7)
+    right, n, backgrounds, with_distractors = 0, 0, set(), 0
+    for i in range(96):
+        colour, shape = list(COLOURS)[i % 6], SHAPES[i % 3]
+        direction, speed = list(DIRECTIONS)[(i // 3) % 4], ("slowly", "steadily", "quickly")[(i // 12) % 3]
+        spec = random_spec_v2(
+            rng, ("toon", "grainy")[i % 2], colour, shape, direction, speed, 8, ("train", "heldout")[i % 4 == 0]
+        )
+        clip = render_clip(spec, 8, 64)
+        assert clip.shape == (3, 8, 64, 64)
+        a = analyse_frames(clip)
+        right += a.colour == colour and a.direction == direction and speed_word(a.score) == speed
+        n += 1
+        backgrounds.add(spec.background)
+        with_distractors += bool(spec.distractors)
+    assert right / n >= 0.99
+    assert set(V2_ONLY_BACKGROUNDS) <= backgrounds and 0 < with_distractors < n
+
+
+def test_v2_rendering_is_smooth_and_size_independent():
+    """Anti-aliased edges (intermediate values at the border) and the same picture at 32 and 64 px."""
+    import numpy as np
+
+    from lumina_rt.data.synthetic import random_spec_v2
+
+    spec = random_spec_v2(np.random.default_rng(0), "toon", "red", "circle", "right", "slowly", 8, "heldout")
+    big, small = render_clip(spec, 8, 64), render_clip(spec, 8, 32)
+    down = torch.nn.functional.avg_pool2d(big.transpose(0, 1), 2).transpose(0, 1)
+    assert (down - small).abs().mean() < 0.02
+    red = big[0, 0] - big[1, 0]  # object redness: edge pixels take values between background and object
+    assert ((red > 0.15) & (red < 0.6)).sum() >= 8

@@ -13,7 +13,7 @@ Moving objects leave a fading trail behind them (`trail_length`). Backgrounds ar
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -28,6 +28,16 @@ REFERENCE_SIZE = 32
 TRAIL_BASE, TRAIL_PER_SPEED, TRAIL_ALPHA, TRAIL_SAMPLES = 3.0, 3.0, 0.6, 8
 SOURCES = ("toon", "grainy")
 SOURCE_BACKGROUNDS = {"toon": ("plain", "striped", "dotted"), "grainy": ("plain", "striped", "checkered")}
+# v2 data (`random_spec_v2`): more backgrounds per source for training, two more only for the held-out split
+V2_SOURCE_BACKGROUNDS = {
+    "train": {
+        "toon": ("plain", "striped", "dotted", "gradient", "mottled"),
+        "grainy": ("plain", "striped", "checkered", "gradient", "mottled"),
+    },
+    "heldout": {"toon": ("wavy", "grid"), "grainy": ("wavy", "grid")},
+}
+V2_ONLY_BACKGROUNDS = ("gradient", "mottled", "wavy", "grid")
+DISTRACTOR_PROB = 0.5  # v2: chance of a clip having distractors (then 1 or 2)
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,9 @@ class ClipSpec:
     period: float  # stripe / dot / checker period
     axis: int  # stripe orientation (0 vertical stripes, 1 horizontal)
     noise_seed: int
+    # v2 only (`random_spec_v2`): static grey distractor objects (shape, x, y, radius, grey level), drawn under the
+    # object and its trail; grey has no chroma, so the motion analyser and the evaluator never take them for it.
+    distractors: tuple[tuple[str, float, float, float, float], ...] = ()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -98,9 +111,42 @@ def random_spec(
     )
 
 
+def random_spec_v2(
+    rng: np.random.Generator,
+    source: str,
+    colour: str,
+    shape: str,
+    direction: str,
+    speed_name: str,
+    frames: int = 8,
+    split: str = "train",
+) -> ClipSpec:
+    """A v2 clip: `random_spec`'s object and motion, a background of the split's (`V2_SOURCE_BACKGROUNDS`: held-out
+    kinds only for "heldout"), a slightly wider tint, and with probability `DISTRACTOR_PROB` one or two static grey
+    distractors (a smaller shape, radius 1.5-3 reference pixels, anywhere; not named in the caption)."""
+    base = random_spec(rng, source, colour, shape, direction, speed_name, frames)
+    backgrounds = V2_SOURCE_BACKGROUNDS[split][source]
+    background = backgrounds[int(rng.integers(len(backgrounds)))]
+    tint = tuple(float(v) for v in rng.uniform(-0.05, 0.05, size=3))
+    distractors = []
+    if rng.random() < DISTRACTOR_PROB:
+        for _ in range(int(rng.integers(1, 3))):
+            grey = float(rng.uniform(0.0, 0.35) if base.level > 0.5 else rng.uniform(0.55, 0.95))
+            distractors.append((
+                SHAPES[int(rng.integers(len(SHAPES)))],
+                float(rng.uniform(2, REFERENCE_SIZE - 2)),
+                float(rng.uniform(2, REFERENCE_SIZE - 2)),
+                float(rng.uniform(1.5, 3.0)),
+                grey,
+            ))  # fmt: skip
+    return replace(base, background=background, tint=tint, distractors=tuple(distractors))  # type: ignore[arg-type]
+
+
 def _background(spec: ClipSpec, yy: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
     """[3, H, W] background in reference-canvas coordinates yy, xx."""
     level = torch.full_like(xx, spec.level)
+    if spec.background in V2_ONLY_BACKGROUNDS:
+        level = level + _v2_texture(spec, yy, xx)
     if spec.background == "striped":
         coord = xx if spec.axis == 0 else yy
         level = level + 0.08 * torch.sign(torch.sin(2 * math.pi * coord / spec.period))
@@ -113,6 +159,31 @@ def _background(spec: ClipSpec, yy: torch.Tensor, xx: torch.Tensor) -> torch.Ten
         level = level + 0.07 * (2 * cell - 1)
     tint = torch.tensor(spec.tint, dtype=torch.float32)[:, None, None]
     return level[None] + tint
+
+
+def _v2_texture(spec: ClipSpec, yy: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
+    """Grey-level offsets [H, W] of the v2-only backgrounds (smooth functions of reference coordinates, so they look
+    the same at any size; the phases come from the clip's noise seed)."""
+    phase = np.random.default_rng(spec.noise_seed).uniform(0, 2 * math.pi, size=4)
+    along, across = (xx, yy) if spec.axis == 0 else (yy, xx)
+    if spec.background == "gradient":  # a linear ramp across the frame, either way round
+        ramp = along / REFERENCE_SIZE - 0.5
+        return 0.22 * (ramp if phase[0] < math.pi else -ramp)
+    if spec.background == "mottled":  # soft blotches: a product of two low-frequency sines plus a third
+        f = 2 * math.pi / (2.5 * spec.period)
+        blotch = torch.sin(f * xx + phase[0]) * torch.sin(f * yy + phase[1]) + 0.5 * torch.sin(
+            0.7 * f * (xx + yy) + phase[2]
+        )
+        return 0.06 * blotch
+    if spec.background == "wavy":  # held out: stripes whose edges wiggle
+        shift = 1.5 * torch.sin(2 * math.pi * across / 10.0 + phase[0])
+        return 0.08 * torch.sign(torch.sin(2 * math.pi * (along + shift) / spec.period))
+    if spec.background == "grid":  # held out: thin darker lines both ways (anti-aliased by the smooth ramp)
+        dx = (torch.remainder(xx, spec.period) - spec.period / 2).abs()
+        dy = (torch.remainder(yy, spec.period) - spec.period / 2).abs()
+        line = ((spec.period / 2 - torch.minimum(dx, dy) - 0.3) / 0.5 + 0.5).clamp(0, 1)
+        return -0.14 * line
+    raise ValueError(f"unknown background {spec.background!r}")
 
 
 def _shape_alpha(shape: str, px: torch.Tensor, py: torch.Tensor, radius: float, pixel: float) -> torch.Tensor:
@@ -161,6 +232,9 @@ def render_clip(
     coords = (torch.arange(size, dtype=torch.float32) + 0.5) * pixel
     yy, xx = torch.meshgrid(coords, coords, indexing="ij")
     background = _background(spec, yy, xx)[:, None]  # [3, 1, H, W]
+    for shape, x, y, radius, grey in spec.distractors:  # static grey objects, part of the background
+        a = _shape_alpha(shape, xx - x, yy - y, radius, pixel)
+        background = background * (1 - a) + grey * a
     colour = torch.tensor(COLOURS[spec.colour], dtype=torch.float32)[:, None, None, None]
     if spec.source == "grainy":
         colour = colour * 0.8

@@ -7,7 +7,7 @@ install:
 	bash scripts/install.sh
 
 dev-deps:
-	@$(PY) -c "import pytest, pytest_benchmark, ruff, basedpyright, triton, onnx, onnxscript, onnxruntime, fastapi, openai, httpx, selenium, schemathesis, ray.serve" 2>/dev/null \
+	@$(PY) -c "import pytest, pytest_benchmark, ruff, basedpyright, triton, onnx, onnxscript, onnxruntime, fastapi, openai, httpx, selenium, schemathesis, ray.serve, matplotlib" 2>/dev/null \
 		|| PYTHON=$(PY) bash scripts/install.sh --dev
 
 test: dev-deps lint typecheck pytest

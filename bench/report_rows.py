@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import plots  # bench/plots.py (bench/ is on sys.path, as for this module)
 import torch
 
 HERE = Path(__file__).resolve().parent
@@ -109,10 +110,11 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def write(out: Path = HERE) -> None:
-    """bench/report.json and bench/report.md (into `out`) from the rows, ratios and skipped rows of this session."""
+def write(out: Path = HERE) -> bool:
+    """bench/report.json, bench/report.md and its plots (into `out`) from the rows, ratios and skipped rows of this
+    session; False (nothing written) when there are none."""
     if not ROWS and not SUMMARY and not SKIPPED:
-        return
+        return False
     info = {
         "machine": cpu_name(),
         "threads": torch.get_num_threads(),
@@ -121,27 +123,55 @@ def write(out: Path = HERE) -> None:
     }
     report = {"info": info, "ceilings": CEILINGS, **SUMMARY, "sections": ROWS, "skipped_rows": SKIPPED}
     (out / "report.json").write_text(json.dumps(report, indent=2))
+    (out / "report.md").write_text(markdown(report, out))
+    return True
+
+
+def markdown(report: dict[str, Any], out: Path = HERE) -> str:
+    """report.md's text for a report (report.json's content); draws its plots into `out` (bench/plots.py: skipped,
+    saying why, where matplotlib is missing; a failing plot is a line in the report, never an error)."""
+    info, ceilings, sections = report["info"], report.get("ceilings", {}), report.get("sections", {})
+    skipped = report.get("skipped_rows", {})
+    summary = {k: v for k, v in report.items() if k not in ("info", "ceilings", "sections", "skipped_rows")}
+    try:
+        plotted = plots.report_plots(report, out)
+    except Exception as e:  # report_plots catches its own failures; this is the last guard
+        plotted = {"note": [f"Plots failed: {type(e).__name__}: {e}."]}
     lines = ["# lumina_rt CPU benchmark report", ""]
     lines.append(f"{info['date']}, torch {info['torch']}, {info['threads']} threads, {info['machine']}.")
     lines.append("")
-    if CEILINGS:
-        ceilings = ", ".join(f"{k} {_fmt(v)}" for k, v in CEILINGS.items())
-        lines.append(f"Machine ceilings measured by this run: {ceilings}")
+    if ceilings:
+        text = ", ".join(f"{k} {_fmt(v)}" for k, v in ceilings.items())
+        lines.append(f"Machine ceilings measured by this run: {text}")
         lines.append("")
-    if SUMMARY:
+    if plotted.get("note"):
+        lines += [*plotted["note"], ""]
+    if summary:
         lines += ["## Ratios (measured in this run)", "", "| ratio | value | measured on |", "|---|---|---|"]
-        for k, v in SUMMARY.items():
+        for k, v in summary.items():
             if isinstance(v, dict) and "value" in v:
                 lines.append(f"| `{k}` | {_fmt(v['value'])} | {v.get('sizes', '')} |")
         lines.append("")
-    for section, rows in ROWS.items():
+    if plotted.get(plots.DECISIONS_KEY):
+        lines += ["## Per-step decisions at 70 grid points (released presets)", "", *plotted[plots.DECISIONS_KEY], ""]
+    for section, rows in sections.items():
         cols = list(dict.fromkeys(k for r in rows for k in r))
         lines += [f"## {section}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         for r in rows:
             lines.append("| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |")
         lines.append("")
-    if SKIPPED:
+        if plotted.get(section):
+            lines += [*plotted[section], ""]
+    if skipped:
         lines += ["## Skipped rows", "", "| row | why |", "|---|---|"]
-        lines += [f"| `{row}` | {why} |" for row, why in SKIPPED.items()]
+        lines += [f"| `{row}` | {why} |" for row, why in skipped.items()]
         lines.append("")
-    (out / "report.md").write_text("\n".join(lines))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python bench/report_rows.py [REPORT_JSON]: report.md and the plots again, from report.json
+    import sys
+
+    src = Path(sys.argv[1] if len(sys.argv) > 1 else HERE / "report.json").resolve()
+    (src.parent / "report.md").write_text(markdown(json.loads(src.read_text()), src.parent))
+    print(f"wrote {src.parent / 'report.md'}")

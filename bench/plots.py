@@ -70,9 +70,10 @@ def decisions(run: CacheRun, config: SampleConfig | None = None) -> list[list[An
     return out
 
 
-def plot_roofline(rows: Sequence[dict[str, Any]], ceilings: dict[str, float], path: Path) -> Path:
+def plot_roofline(rows: Sequence[dict[str, Any]], ceilings: dict[str, float], path: Path, note: str = "") -> Path:
     """Bars: achieved GFLOP/s of one step per patch size (x) and backend (colour), labelled with the step time;
-    dashed line: the run's measured matmul rate for that precision. One panel per precision present in `rows`."""
+    dashed line: the run's measured matmul rate for that precision. One panel per precision present in `rows`.
+    `note`: a line under the title (the run: date, machine)."""
     dtypes = [d for d in DTYPES if any(r["dtype"] == d for r in rows)]
     if not dtypes:
         raise ValueError("no step rows to plot")
@@ -109,7 +110,8 @@ def plot_roofline(rows: Sequence[dict[str, Any]], ceilings: dict[str, float], pa
         ax.set_title(f"{dtype} (bars labelled with the median step time)")
         ax.legend(loc="upper right", fontsize=8)
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle("One denoising step (batch 2 = CFG pair) per patch size and backend, against the measured matmul rate")
+    title = "One denoising step (batch 2 = CFG pair) per patch size and backend, against the measured matmul rate"
+    fig.suptitle(f"{title}\n{note}" if note else title)
     path = Path(path)
     fig.savefig(path, dpi=DPI)
     return path
@@ -138,10 +140,10 @@ MARKERS = {  # (label, marker, fill style, size)
 }
 
 
-def plot_decisions(data: dict[str, list], path: Path) -> Path:
+def plot_decisions(data: dict[str, list], path: Path, note: str = "") -> Path:
     """Timelines of per-step decisions: one panel per preset, one row per cache level, x = t as the sampler runs
     (0 = noise → 1 = data), the axis warped by the preset's time shift so that grid steps are evenly spaced; marker:
-    what the step did, colour: its patch size."""
+    what the step did, colour: its patch size. `note`: a line under the title."""
     if not data:
         raise ValueError("no decisions to plot")
     panels: dict[str, list[tuple[str, list]]] = {}
@@ -207,7 +209,8 @@ def plot_decisions(data: dict[str, list], path: Path) -> Path:
                for label, m, f, s in MARKERS.values()]  # fmt: skip
     handles += [Patch(color=c, alpha=0.5, label=f"{combo} patches") for combo, c in COMBO_COLOURS.items()]
     fig.legend(handles=handles, loc="outside lower center", ncols=4, fontsize=8)
-    fig.suptitle("Per-step decisions of the step cache and guidance reuse")
+    title = "Per-step decisions of the step cache and guidance reuse"
+    fig.suptitle(f"{title}\n{note}" if note else title)
     path = Path(path)
     fig.savefig(path, dpi=DPI)
     return path
@@ -227,6 +230,13 @@ def _middle(ax, a: float, b: float) -> float:
     return float(scale.inverted().transform([(scale.transform([a])[0] + scale.transform([b])[0]) / 2])[0])
 
 
+def run_note(report: dict[str, Any]) -> str:
+    """The run a report comes from, in one line (its "info": date, torch, threads, machine)."""
+    info = report.get("info", {})
+    return ", ".join(str(v) for v in (info.get("date"), info.get("machine"), info.get("threads") and
+                     f"{info['threads']} threads", info.get("torch") and f"torch {info['torch']}") if v)  # fmt: skip
+
+
 def report_plots(report: dict[str, Any], out: Path) -> dict[str, list[str]]:
     """Draw the plots the report has data for into `out`; markdown lines to embed, by where they go: the step section's
     title, DECISIONS_KEY, or "note" (matplotlib missing, a plot that failed). Never raises."""
@@ -237,7 +247,7 @@ def report_plots(report: dict[str, Any], out: Path) -> dict[str, list[str]]:
     rows = report.get("sections", {}).get(STEP_SECTION)
     if rows:
         try:
-            plot_roofline(rows, report.get("ceilings", {}), Path(out) / ROOFLINE_PNG)
+            plot_roofline(rows, report.get("ceilings", {}), Path(out) / ROOFLINE_PNG, note=run_note(report))
             lines[STEP_SECTION] = [
                 f"![step GFLOP/s per patch size and backend against the matmul rate]({ROOFLINE_PNG})",
                 "",
@@ -249,7 +259,7 @@ def report_plots(report: dict[str, Any], out: Path) -> dict[str, list[str]]:
     data = report.get(DECISIONS_KEY)
     if data:
         try:
-            plot_decisions(data, Path(out) / DECISIONS_PNG)
+            plot_decisions(data, Path(out) / DECISIONS_PNG, note=run_note(report))
             lines[DECISIONS_KEY] = [
                 f"![per-step cache and guidance decisions over t]({DECISIONS_PNG})",
                 "",

@@ -11,6 +11,7 @@ import torch
 from lumina_rt.data import COLOURS, DIRECTIONS, render_clip
 from lumina_rt.data.captions import HELD_OUT, SPEEDS
 from lumina_rt.data.synthetic import random_spec
+from lumina_rt.errors import ConfigError
 from lumina_rt.training.evaluate import EvalPrompt, eval_prompts, rankdata, score_videos, spearman
 
 
@@ -97,3 +98,53 @@ def test_eval_with_cpu_kernels_and_bf16_keeps_adherence():
     a, b = runs["torch", "fp32"]["schedules"]["single_scale"], fused["schedules"]["single_scale"]
     assert a["colour_adherence"] > 80 and abs(a["colour_adherence"] - b["colour_adherence"]) <= 100 / 36 * 2
     assert abs(a["direction_adherence"] - b["direction_adherence"]) <= 100 / 36 * 3
+
+
+def test_heldout_split_rephrases_the_same_prompts_with_words_training_never_used():
+    from lumina_rt.data import captions as C
+    from lumina_rt.data.captions import tokenize
+
+    combos, held = eval_prompts(), eval_prompts("heldout")
+    assert [(p.colour, p.shape, p.direction, p.speed, p.motion) for p in combos] == [
+        (p.colour, p.shape, p.direction, p.speed, p.motion) for p in held
+    ]
+    training = C.split_words("train") | set(C.vocabulary("v1"))
+    heldout_words = C.split_words("heldout")
+    for p in held:
+        words = set(tokenize(p.prompt))
+        assert words <= heldout_words and words & training <= {"a", "the", ","}, p.prompt
+    used = {w for p in held for w in tokenize(p.prompt)}
+    assert set(C.V2_BACKGROUND_SPLITS["heldout"]) <= used  # both held-out backgrounds, every template
+    assert len({p.prompt.split()[0] for p in held}) == len(C.V2_VIDEO_TEMPLATES["heldout"])
+    with pytest.raises(ConfigError):
+        eval_prompts("train")
+
+
+def test_heldout_split_scores_perfect_64px_v2_videos_fully():
+    """Videos drawn by the v2 renderer at 64 px on the held-out backgrounds, with distractors: full adherence."""
+    from lumina_rt.data.synthetic import random_spec_v2
+
+    prompts = eval_prompts("heldout")
+    rng = np.random.default_rng(1)
+    clips = []
+    for i, p in enumerate(prompts):
+        spec = random_spec_v2(rng, ("toon", "grainy")[i % 2], p.colour, p.shape, p.direction, p.speed, 8, "heldout")
+        clips.append(render_clip(spec.__class__(**{**spec.to_dict(), "speed": p.motion}), 8, 64))
+    r = score_videos(torch.stack(clips), prompts)
+    assert r["colour_adherence"] == 100.0 and r["direction_adherence"] == 100.0 and r["spearman_motion"] > 0.97
+
+
+def test_eval_split_option_and_video_size_from_the_train_config(tmp_path):
+    import json
+
+    from lumina_rt.builtin import builtin_dir
+    from lumina_rt.cli import build_parser
+    from lumina_rt.training.evaluate import video_size
+
+    assert build_parser().parse_args(["eval"]).split == "combos"
+    assert build_parser().parse_args(["eval", "--split", "heldout"]).split == "heldout"
+    assert video_size(builtin_dir()) == (8, 32, 32) == video_size(tmp_path)
+    (tmp_path / "train_config.json").write_text(
+        json.dumps({"stages": [{"size": 16, "frames": 4}, {"size": 64, "frames": 8}]})
+    )
+    assert video_size(tmp_path) == (8, 64, 64)

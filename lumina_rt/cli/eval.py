@@ -14,6 +14,15 @@ def add(p: argparse.ArgumentParser) -> Runner:
     p.add_argument("--schedules", default="single_scale,multi_scale", help="comma-separated sampling presets")
     p.add_argument("--steps", type=int, default=None, help="sampling grid points (default: the checkpoint's preset)")
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the checkpoint's preset)")
+    p.add_argument(
+        "--split",
+        default="combos",
+        choices=["combos", "heldout"],
+        help=(
+            "prompts: combos = held-out colour/shape/direction combinations in training phrasing (v1's eval); "
+            "heldout = the same with held-out templates, paraphrases and backgrounds (v2 caption set)"
+        ),
+    )
     p.add_argument("--seeds", default="0", help="comma-separated noise seeds")
     p.add_argument("--out", default=None, help="write the full report (with per-sample rows) as JSON here")
     p.add_argument("--save-videos", default=None, help="write the first 12 videos of each schedule as GIFs here")
@@ -52,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         cache=args.cache,
         kernels=args.kernels,
         precision=args.precision,
+        split=args.split,
     )
     for line in summary_lines(report):
         print(line)

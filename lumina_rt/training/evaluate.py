@@ -8,6 +8,10 @@ dominant axis of its centroid trajectory, its speed the mean centroid displaceme
 at three speeds, with a distinct requested motion score per prompt, and reports for each sampling schedule:
 colour adherence, direction adherence, speed-word adherence, and the Spearman rank correlation between
 requested and measured motion. `lumina-rt eval` (lumina_rt/cli/eval.py) runs it.
+
+Two prompt splits (`EVAL_SPLITS`): "combos" (v1's evaluation: the held-out combinations phrased with the v1
+training templates and backgrounds) and "heldout" (the same combinations, speeds and requested scores phrased with
+the v2 caption set's held-out templates, paraphrases and backgrounds, none of which any training caption contains).
 """
 
 from __future__ import annotations
@@ -28,6 +32,12 @@ from lumina_rt.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 EVAL_BACKGROUNDS = ("plain", "striped", "dotted")
+EVAL_SPLITS = ("combos", "heldout")
+SPLIT_DESCRIPTIONS = {
+    "combos": "held-out (colour, shape, direction) x 3 speeds",
+    "heldout": "held-out (colour, shape, direction) x 3 speeds, held-out templates, paraphrases and backgrounds",
+}
+DEFAULT_VIDEO = (8, 32, 32)  # frames, height, width of a checkpoint without a train_config.json
 
 
 def rankdata(values: np.ndarray) -> np.ndarray:
@@ -61,22 +71,44 @@ class EvalPrompt:
     prompt: str
 
 
-def eval_prompts() -> list[EvalPrompt]:
-    """Held-out combinations x 3 speeds (36 prompts); requested scores spread inside each speed's range."""
+def eval_prompts(split: str = "combos") -> list[EvalPrompt]:
+    """Held-out combinations x 3 speeds (36 prompts); requested scores spread inside each speed's range.
+
+    `split` "combos": v1 phrasing (first training template, training backgrounds); "heldout": the v2 held-out
+    templates, paraphrases and backgrounds (`captions.video_caption_v2(..., split="heldout")`), same scores."""
+    if split not in EVAL_SPLITS:
+        raise ConfigError(f"eval split {split!r} is not one of {', '.join(EVAL_SPLITS)}")
     out = []
     n = len(C.HELD_OUT)
+    heldout_bgs = C.V2_BACKGROUND_SPLITS["heldout"]
     for si, speed in enumerate(C.SPEEDS):
         lo, hi = C.SPEED_RANGES[speed]
         for j, (colour, shape, direction) in enumerate(C.HELD_OUT):
             k = (j * 5 + si) % n  # spread the requested scores over the combinations
             motion = round(lo + (hi - lo) * (k + 0.5) / n, 4)
-            bg = EVAL_BACKGROUNDS[(j + si) % len(EVAL_BACKGROUNDS)]
-            out.append(
-                EvalPrompt(
-                    colour, shape, direction, speed, motion, C.video_caption(colour, shape, direction, speed, bg)
-                )
-            )
+            if split == "combos":
+                bg = EVAL_BACKGROUNDS[(j + si) % len(EVAL_BACKGROUNDS)]
+                prompt = C.video_caption(colour, shape, direction, speed, bg)
+            else:  # every held-out template, background word and filler in turn
+                bg = heldout_bgs[(j + si) % len(heldout_bgs)]
+                choice = j + n * si
+                prompt = C.video_caption_v2(colour, shape, direction, speed, bg, choice, split="heldout")
+            out.append(EvalPrompt(colour, shape, direction, speed, motion, prompt))
     return out
+
+
+def video_size(directory: str | Path) -> tuple[int, int, int]:
+    """(frames, height, width) a checkpoint was trained for: its train_config.json's last stage, else 8 x 32 x 32."""
+    import json
+
+    path = Path(directory) / "train_config.json"
+    if not path.is_file():
+        return DEFAULT_VIDEO
+    stages = json.loads(path.read_text()).get("stages") or []
+    if not stages:
+        return DEFAULT_VIDEO
+    last = stages[-1]
+    return int(last["frames"]), int(last["size"]), int(last["size"])
 
 
 def _percent(rows: list[dict[str, Any]], key: str) -> float:
@@ -137,7 +169,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def _generate_schedule(
     pipeline: Any, name: str, prompts: list[EvalPrompt], seeds: tuple[int, ...], batch: int,
-    steps: int | None, cfg: float | None, cache: Any,
+    steps: int | None, cfg: float | None, cache: Any, video: tuple[int, int, int] = DEFAULT_VIDEO,
 ) -> tuple[torch.Tensor, int, float]:  # fmt: skip
     """Videos of every seed and prompt with one schedule, the model evaluations they took, and the seconds."""
     t0 = time.time()
@@ -147,7 +179,7 @@ def _generate_schedule(
         for i in range(0, len(prompts), batch):
             chunk = prompts[i : i + batch]
             res = pipeline.generate(
-                [p.prompt for p in chunk], frames=8, height=32, width=32, preset=name,
+                [p.prompt for p in chunk], frames=video[0], height=video[1], width=video[2], preset=name,
                 item_motion=[p.motion for p in chunk], seed=seed * 1000 + i, cache=cache, progress=False, **overrides,
             )  # fmt: skip
             videos.append(res.frames)
@@ -166,8 +198,10 @@ def evaluate_model(
     cache: str | float | None = None,
     kernels: str = "torch",
     precision: str = "fp32",
+    split: str = "combos",
 ) -> dict[str, Any]:
-    """Generate the held-out prompts with each schedule and score them; returns the report dict.
+    """Generate the held-out prompts of `split` (`eval_prompts`) with each schedule and score them; returns the
+    report dict. Videos have the checkpoint's training size (`video_size`).
 
     `kernels` is the `lumina_rt.ops` kernel backend the model runs with (``cpu-fused``: the C++ ops and attention
     kernel) and `precision` its weights' and activations' precision (fp32 or bf16); both are in the report.
@@ -188,12 +222,15 @@ def evaluate_model(
     if precision not in ("fp32", "bf16"):
         raise ConfigError(f"eval precision {precision!r} is not one of fp32, bf16")
     pipeline = Pipeline.from_checkpoint(directory, dtype=DTYPES[precision])
-    prompts = eval_prompts()
+    prompts = eval_prompts(split)
+    video = video_size(directory)
     report: dict[str, Any] = {
         "model": str(directory),
         "kernels": kernels,
         "precision": precision,
-        "prompts": "held-out (colour, shape, direction) x 3 speeds",
+        "split": split,
+        "video": list(video),
+        "prompts": SPLIT_DESCRIPTIONS[split],
         "seeds": list(seeds),
         "schedules": {},
     }
@@ -202,24 +239,27 @@ def evaluate_model(
     with ops.use_backend(kernels):
         for name in schedules:
             _evaluate_schedule(report, pipeline, name, prompts, metas, seeds, batch, steps, cfg, policy, presets,
-                               save_videos)  # fmt: skip
+                               save_videos, video)  # fmt: skip
     return report
 
 
 def _evaluate_schedule(
     report: dict[str, Any], pipeline: Any, name: str, prompts: list[EvalPrompt], metas: list[EvalPrompt],
     seeds: tuple[int, ...], batch: int, steps: int | None, cfg: float | None, policy: Any, presets: dict[str, Any],
-    save_videos: str | Path | None,
+    save_videos: str | Path | None, video: tuple[int, int, int] = DEFAULT_VIDEO,
 ) -> None:  # fmt: skip
     """One schedule of `evaluate_model`: generate, score (uncached and cached with a policy), save, log."""
     from lumina_rt.video import write_video
 
-    all_videos, evaluations, seconds = _generate_schedule(pipeline, name, prompts, seeds, batch, steps, cfg, None)
+    all_videos, evaluations, seconds = _generate_schedule(
+        pipeline, name, prompts, seeds, batch, steps, cfg, None, video
+    )
     result = score_videos(all_videos, metas)
     if policy is not None:
         plain = {k: result[k] for k in ("colour_adherence", "direction_adherence", "speed_word_adherence",
                                         "spearman_motion")}  # fmt: skip
-        cached, cached_evals, cached_s = _generate_schedule(pipeline, name, prompts, seeds, batch, steps, cfg, policy)
+        cached, cached_evals, cached_s = _generate_schedule(pipeline, name, prompts, seeds, batch, steps, cfg, policy,
+                                                            video)  # fmt: skip
         db = psnr(cached, all_videos)
         result = score_videos(cached, metas)
         result["cache"] = {
@@ -253,7 +293,8 @@ def _evaluate_schedule(
 
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
-    lines = [f"kernels {report.get('kernels', 'torch')}, precision {report.get('precision', 'fp32')}"]
+    lines = [f"kernels {report.get('kernels', 'torch')}, precision {report.get('precision', 'fp32')}, "
+             f"split {report.get('split', 'combos')}"]  # fmt: skip
     lines.append(f"{'schedule':<14} {'colour %':>9} {'direction %':>12} {'speed-word %':>13} {'spearman':>9} {'s':>6}")
     for name, r in report["schedules"].items():
         lines.append(

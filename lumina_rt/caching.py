@@ -51,22 +51,25 @@ class StepCache:
     """A caching policy (see module docstring); `start()` gives the state of one sampling run."""
 
     threshold: float
-    max_skips: int = 3
+    max_skips: int | None = 3  # predicted steps in a row at most (None: no count limit)
     warmup: int = 2
     mode: str = "extrapolate"
     name: str = "custom"
     guidance: float | None = None  # guidance-reuse threshold (module docstring); None: both branches on guided steps
+    max_span: float | None = None  # a step is predicted only within this t-distance of the last evaluation
 
     def __post_init__(self) -> None:
         if not self.threshold >= 0:
             raise ScheduleError(f"cache threshold must be a number >= 0, got {self.threshold!r}")
-        if self.max_skips < 1 or self.warmup < 2:
+        if (self.max_skips is not None and self.max_skips < 1) or self.warmup < 2:
             raise ScheduleError(
                 f"cache max_skips must be >= 1 and warmup >= 2 (two evaluations give the rate), got "
                 f"max_skips={self.max_skips!r}, warmup={self.warmup!r}"
             )
         if self.guidance is not None and not self.guidance >= 0:
             raise ScheduleError(f"guidance-reuse threshold must be a number >= 0 or None, got {self.guidance!r}")
+        if self.max_span is not None and not self.max_span > 0:
+            raise ScheduleError(f"cache max_span must be a t-distance > 0 or None, got {self.max_span!r}")
         if self.mode not in MODES:
             raise ScheduleError(f"unknown cache mode {self.mode!r}; choose one of {MODES}")
 
@@ -122,7 +125,7 @@ class CacheRun:
             self._segment, self._history, self._acc, self._skips = segment, [], 0.0, 0
             self._guidance, self._g_acc, self._g_skips = [], 0.0, 0
         decision = True
-        if not last and len(self._history) >= self.policy.warmup and self._skips < self.policy.max_skips:
+        if not last and len(self._history) >= self.policy.warmup and self._may_skip(self._skips, t, self._history):
             acc = self._acc + self._rate(self._history) * (t - self._t_prev)
             if acc < self.policy.threshold:
                 self._acc, decision = acc, False
@@ -135,6 +138,12 @@ class CacheRun:
         else:
             self._skips += 1
         return decision
+
+    def _may_skip(self, skips: int, t: float, history: list[tuple[float, torch.Tensor]]) -> bool:
+        """Within the limits: fewer than `max_skips` predicted in a row, t within `max_span` of the last evaluation."""
+        if self.policy.max_skips is not None and skips >= self.policy.max_skips:
+            return False
+        return self.policy.max_span is None or abs(t - history[-1][0]) <= self.policy.max_span
 
     def _entry(self, combo: str) -> dict[str, int]:
         extra = {} if self.policy.guidance is None else {"guidance_reused": 0}
@@ -161,7 +170,7 @@ class CacheRun:
         """On a guided step the model evaluates (after `evaluate`): whether the negative branch runs too."""
         threshold = self.policy.guidance
         decision = True
-        ready = len(self._guidance) >= self.policy.warmup and self._g_skips < self.policy.max_skips
+        ready = len(self._guidance) >= self.policy.warmup and self._may_skip(self._g_skips, t, self._guidance)
         if threshold is not None and ready:
             acc = self._g_acc + self._rate(self._guidance) * (t - self._g_t_prev)
             if acc < threshold:

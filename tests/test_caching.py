@@ -34,7 +34,11 @@ def conditions(batch: int = 2):
     return z, pos, neg
 
 
-@pytest.mark.parametrize("policy", [StepCache(0.6), StepCache(3.0, max_skips=2), StepCache(10.0, mode="reuse")])
+@pytest.mark.parametrize(
+    "policy",
+    [StepCache(0.6), StepCache(3.0, max_skips=2), StepCache(10.0, mode="reuse"),
+     StepCache(10.0, max_skips=None, max_span=0.3)],
+)  # fmt: skip
 def test_policy_rules_hold_on_a_multi_scale_schedule(policy):
     calls: list = []
     z, pos, neg = conditions()
@@ -48,17 +52,18 @@ def test_policy_rules_hold_on_a_multi_scale_schedule(policy):
         assert s["evaluated"] == sum(1 for _, c, _ in calls if c == combo)
     assert run.log[-1][3] == "evaluate"  # the last step always runs the model
     segments = [segment_key(MULTI, t) for _, t, _, _ in run.log]
-    skips = 0
-    for i, (_, _, _, decision) in enumerate(run.log):
+    skips, last_evaluated = 0, 0.0
+    for i, (_, t, _, decision) in enumerate(run.log):
         start = next(j for j in range(i, -1, -1) if j == 0 or segments[j - 1] != segments[i])
         evaluated_before = [d for *_, d in run.log[start:i] if d == "evaluate"]
         if decision == "reuse":
             # never across a segment switch (patch size, guidance or motion change): two evaluations of this segment
             assert len(evaluated_before) >= policy.warmup, (i, run.log[start : i + 1])
             skips += 1
-            assert skips <= policy.max_skips
+            assert policy.max_skips is None or skips <= policy.max_skips
+            assert policy.max_span is None or t - last_evaluated <= policy.max_span  # within the span of the last
         else:
-            skips = 0
+            skips, last_evaluated = 0, t
         if i - start < policy.warmup:
             assert decision == "evaluate"
 
@@ -95,6 +100,8 @@ def test_levels_and_bad_settings():
         StepCache.from_setting(-0.5)
     with pytest.raises(ScheduleError, match="max_skips must be >= 1"):
         StepCache(1.0, max_skips=0)
+    with pytest.raises(ScheduleError, match=r"cache max_span must be a t-distance > 0 or None, got 0.0"):
+        StepCache(1.0, max_span=0.0)
     with pytest.raises(ScheduleError, match="unknown cache mode 'cubic'"):
         StepCache(1.0, mode="cubic")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from lumina_rt.data import (
@@ -204,3 +205,44 @@ def test_v2_rendering_is_smooth_and_size_independent():
     assert (down - small).abs().mean() < 0.02
     red = big[0, 0] - big[1, 0]  # object redness: edge pixels take values between background and object
     assert ((red > 0.15) & (red < 0.6)).sum() >= 8
+
+
+def test_v2_text_encoder_has_every_heldout_word_and_still_warns_on_unknown_ones(caplog):
+    import logging
+
+    from safetensors.torch import load_file
+
+    from lumina_rt.builtin import builtin_dir
+    from lumina_rt.components.tiny import TinyTextEncoder
+    from lumina_rt.training.evaluate import eval_prompts
+
+    shipped = load_file(str(builtin_dir() / "text_encoder.safetensors"))["embedding"]
+    # v1: the shipped table (to float rounding: the QR differs in the last bits with the thread count)
+    assert torch.allclose(TinyTextEncoder.create(dim=64).embedding, shipped, atol=1e-5)
+    enc = TinyTextEncoder.create(dim=160, caption_set="v2")
+    with caplog.at_level(logging.WARNING):
+        enc.encode([p.prompt for p in eval_prompts("heldout")])
+    assert not caplog.records  # every held-out word has a token
+    with caplog.at_level(logging.WARNING):
+        enc.encode(["a crimson zebra moving west"])
+    assert "zebra" in caplog.text and "crimson" not in caplog.text
+    e, i = enc.embedding, enc.index
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(e[i["crimson"]], e[i["red"]], dim=0) > 0.9 and abs(cos(e[i["crimson"]], e[i["blue"]], dim=0)) < 0.1
+    assert cos(e[i["west"]], e[i["left"]], dim=0) > 0.9 and cos(e[i["swiftly"]], e[i["quickly"]], dim=0) > 0.9
+
+
+def test_v2_train_config_loads_and_keeps_v1_defaults():
+    from pathlib import Path
+
+    from lumina_rt.training.video import TrainConfig
+
+    root = Path(__file__).resolve().parent.parent
+    v2 = TrainConfig.load(root / "configs" / "builtin_v2.json")
+    assert v2.data.caption_set == "v2" and v2.stages[-1].size == 64 and v2.latent.factor == 8
+    assert v2.model.in_channels == v2.latent.channels and v2.model.cap_feat_dim >= len(vocabulary("v2"))
+    assert TrainConfig.load(root / "configs" / "builtin.json").data.caption_set == "v1"
+    from lumina_rt.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        TrainConfig.load({"data": {"caption_set": "v3"}})

@@ -44,6 +44,24 @@ def fixed_embedding(vocab_size: int, dim: int, seed: int = 0) -> torch.Tensor:
     return table.contiguous()
 
 
+def concept_embedding(
+    vocab: Sequence[str], concepts: dict[str, str], dim: int, seed: int = 0, own: float = 0.3
+) -> torch.Tensor:
+    """`fixed_embedding` rows, except that a paraphrase (a word `concepts` maps to another vocabulary word, e.g.
+    "crimson" -> "red") gets mostly its concept's row: sqrt(1 - own^2) * row(concept) + own * row(word), rescaled to
+    the concept row's norm. The v2 encoder's stand-in for what a pretrained text encoder knows: a paraphrase it was
+    never trained on lands next to the word it means (cosine sqrt(1 - own^2), 0.95 by default)."""
+    table = fixed_embedding(len(vocab), dim, seed)
+    index = {w: i for i, w in enumerate(vocab)}
+    out = table.clone()
+    for word, concept in concepts.items():
+        if word != concept and word in index and concept in index:
+            base = table[index[concept]]
+            mixed = (1 - own**2) ** 0.5 * base + own * table[index[word]]
+            out[index[word]] = mixed * base.norm() / mixed.norm().clamp_min(1e-6)
+    return out.contiguous()
+
+
 class TinyTextEncoder:
     """Word-level encoder: tokens -> fixed embedding rows. `encode(prompts)` -> (cap_feats, cap_mask)."""
 
@@ -57,11 +75,17 @@ class TinyTextEncoder:
         self.system_prompt = system_prompt
 
     @classmethod
-    def create(cls, dim: int = 64, seed: int = 0) -> TinyTextEncoder:
-        from lumina_rt.data.captions import DEFAULT_SOURCE, SYSTEM_PROMPTS, vocabulary
+    def create(cls, dim: int = 64, seed: int = 0, caption_set: str = "v1") -> TinyTextEncoder:
+        """The encoder a run trains with: caption set "v1" (the shipped table), or "v2" (its larger vocabulary, and
+        paraphrases placed next to the words they mean: `concept_embedding`)."""
+        from lumina_rt.data.captions import DEFAULT_SOURCE, SYSTEM_PROMPTS, vocabulary, word_concepts
 
-        vocab = vocabulary()
-        return cls(vocab, fixed_embedding(len(vocab), dim, seed), SYSTEM_PROMPTS[DEFAULT_SOURCE])
+        vocab = vocabulary(caption_set)
+        if caption_set == "v1":
+            table = fixed_embedding(len(vocab), dim, seed)
+        else:
+            table = concept_embedding(vocab, word_concepts(), dim, seed)
+        return cls(vocab, table, SYSTEM_PROMPTS[DEFAULT_SOURCE])
 
     @classmethod
     def load(cls, directory: str | Path, spec: dict[str, Any]) -> TinyTextEncoder:

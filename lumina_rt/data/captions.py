@@ -171,7 +171,7 @@ V2_VIDEO_TEMPLATES: dict[str, tuple[str, ...]] = {
     ),
     "heldout": (
         "watch the {colour} {shape} glide {direction} {speed} past a {background} wall",
-        "here a {colour} {shape} is sailing {speed} toward the {direction} , against a {background} surface",
+        "here the {colour} {shape} is sailing {speed} toward the {direction} , against a {background} surface",
         "footage showing one {filler} {colour} {shape} , heading {direction} , {speed} , atop {background} ground",
     ),
 }

@@ -75,6 +75,7 @@ class DataSettings:
     sources: list[str] = field(default_factory=lambda: ["toon", "grainy"])
     hold_out: bool = True
     seed: int = 0
+    caption_set: str = "v1"  # "v2": v2 clips and captions (lumina_rt.data.captions), the v2 text vocabulary
 
 
 @dataclass
@@ -153,6 +154,7 @@ class TrainConfig:
             raise ConfigError(f"unknown training config sections {unknown}")
         train = strict_fields(TrainSettings, raw.get("train", {}), "train")
         data = strict_fields(DataSettings, raw.get("data", {}), "data")
+        _choice("data caption_set", data.caption_set, ("v1", "v2"))
         latent = strict_fields(LatentSettings, raw.get("latent", {}), "latent")
         _choice("latent kind", latent.kind, ("pixels", "pca"))
         _choice("autocast", train.autocast, ("none", "bf16"))
@@ -272,10 +274,11 @@ def setup(cfg: TrainConfig, out: Path, resume: bool) -> TrainRun:
     tc, mcfg = cfg.train, cfg.model
     torch.manual_seed(int(tc.seed))
     model = MultiScaleNextDiT(mcfg).train()
-    encoder = TinyTextEncoder.create(dim=mcfg.cap_feat_dim, seed=int(tc.text_seed))
+    encoder = TinyTextEncoder.create(dim=mcfg.cap_feat_dim, seed=int(tc.text_seed), caption_set=cfg.data.caption_set)
     dataset = SyntheticDataset(
-        seed=int(cfg.data.seed), sources=tuple(cfg.data.sources), hold_out=bool(cfg.data.hold_out)
-    )
+        seed=int(cfg.data.seed), sources=tuple(cfg.data.sources), hold_out=bool(cfg.data.hold_out),
+        caption_set=cfg.data.caption_set,
+    )  # fmt: skip
     # fused: one kernel over all parameters (1.2 vs 4.5 ms per step for the built-in model, same update math)
     opt = adamw(model, tc, fused=True)
     ema = new_ema(model, tc.ema)

@@ -20,8 +20,8 @@ A stage whose key and files match says "cached" and does nothing:
 3. engine: a weight-stripped TensorRT plan per scale, one optimization profile per served token range;
 4. components: components.json (the checkpoint's, or the released Gemma-2-2B / CogVideoX VAE named with
    `--text-encoder` / `--vae`, referenced by absolute path) and the checkpoint's relative component files;
-5. measure: every engine backend that can run here, timed per scale on the served shape; the ranking that
-   `auto` follows at run time (`lumina_rt.engines.measure`);
+5. measure: every engine backend that can run here (the compiled ones with `--measure-compiled`), timed per scale
+   on the served shape; the ranking that `auto` follows at run time (`lumina_rt.engines.measure`);
 6. v2a (with `--v2a DIR`, and for the built-in model its sound model): the V2A checkpoint copied into `v2a/` and,
    unless the target is torch, its velocity exported to `v2a/velocity.onnx` and checked in ONNX Runtime; the graph
    reads its weights from the copied `v2a/model.safetensors` (ONNX external data), so they are stored once
@@ -413,8 +413,9 @@ def components_stage(b: _Build, comps: dict[str, Any], previous: dict[str, Any] 
 
 
 # -------------------------------------------------------------------------------------------- 5. measure
-def measure_key(manifest: dict[str, Any], precision: str, steps: int) -> str:
-    """The measure stage's cache key: the engine files, precision, profiles, this host, backend versions, steps."""
+def measure_key(manifest: dict[str, Any], precision: str, steps: int, compiled: bool = False) -> str:
+    """The measure stage's cache key: the engine files, precision, profiles, this host, backend versions, steps
+    (and whether the compiled backends were measured)."""
     files = [manifest["weights"].get("sha256")]
     files += [
         ((s.get("onnx") or {}).get("sha256"), (s.get("engine") or {}).get("sha256"))
@@ -423,21 +424,21 @@ def measure_key(manifest: dict[str, Any], precision: str, steps: int) -> str:
     versions = {n: mf.package_version(n) for n in ("torch", "onnxruntime", "onnxruntime-gpu", "tensorrt")}
     profiles = {c: s["profile"] for c, s in manifest["scales"].items()}
     return mf.cache_key("measure", files=files, precision=precision, profiles=profiles, host=mf.host(),
-                        versions=versions, steps=steps)  # fmt: skip
+                        versions=versions, steps=steps, **({"compiled": True} if compiled else {}))  # fmt: skip
 
 
-def measure_stage(b: _Build, manifest: dict[str, Any], steps: int) -> Stage:
-    key = measure_key(manifest, b.precision, steps)
+def measure_stage(b: _Build, manifest: dict[str, Any], steps: int, compiled: bool = False) -> Stage:
+    key = measure_key(manifest, b.precision, steps, compiled)
 
     def run() -> dict[str, Any]:
-        ranking = measure_backends(b.out, manifest, steps=steps)
+        ranking = measure_backends(b.out, manifest, steps=steps, compiled=compiled)
         best = ", ".join(f"{c} {rows[0]['backend']}" for c, rows in ranking["scales"].items())
         return {"note": f"fastest engine backend per scale: {best}", **ranking}
 
     return Stage("measure", key, [], run, "found a ranking measured on this machine")
 
 
-def measure_only(engine_dir: str | Path, steps: int = 3) -> BuildReport:
+def measure_only(engine_dir: str | Path, steps: int = 3, compiled: bool = False) -> BuildReport:
     """`lumina-rt build --measure-only ENGINE_DIR`: time the engine backends of an existing engine directory on this
     host and record the ranking (with this host) in its manifest, touching nothing else (no checkpoint needed)."""
     start = time.perf_counter()
@@ -445,8 +446,8 @@ def measure_only(engine_dir: str | Path, steps: int = 3) -> BuildReport:
     manifest = mf.read_manifest(out)
     report = BuildReport(out, str(manifest.get("target")))
     previous = manifest.get("ranking") or {}
-    ranking = measure_backends(out, manifest, steps=steps)
-    ranking["key"] = measure_key(manifest, str(manifest.get("precision", "fp32")), steps)
+    ranking = measure_backends(out, manifest, steps=steps, compiled=compiled)
+    ranking["key"] = measure_key(manifest, str(manifest.get("precision", "fp32")), steps, compiled)
     manifest["ranking"] = report.ranking = ranking
     mf.write_manifest(out, manifest)
     was = mf.host_label(previous.get("host")) if previous else "none"
@@ -525,6 +526,7 @@ def build(
     force: bool = False,
     measure: bool = True,
     measure_steps: int = 3,
+    measure_compiled: bool = False,
     text_encoder: str | Path | None = None,
     vae: str | Path | None = None,
     text_encoder_dtype: str = "auto",
@@ -574,7 +576,7 @@ def build(
         sample_presets=b.presets,
         v2a=v2a_entry,
     )
-    manifest["ranking"] = report.ranking = run_measure(b, manifest, measure, measure_steps, report)
+    manifest["ranking"] = report.ranking = run_measure(b, manifest, measure, measure_steps, report, measure_compiled)
     write_if_changed(b, manifest, report)
     report.seconds = time.perf_counter() - start
     return report
@@ -710,11 +712,11 @@ def run_v2a(b: _Build, source: Path | None, report: BuildReport) -> dict[str, An
 
 
 def run_measure(
-    b: _Build, manifest: dict[str, Any], measure: bool, steps: int, report: BuildReport
+    b: _Build, manifest: dict[str, Any], measure: bool, steps: int, report: BuildReport, compiled: bool = False
 ) -> dict[str, Any] | None:
     """Stage 5: the engine backends timed on this machine (the ranking `auto` follows); without `measure`, the
     previous ranking while it still holds, else none."""
-    stage = measure_stage(b, manifest, steps)
+    stage = measure_stage(b, manifest, steps, compiled)
     previous = b.old.get("ranking")
     if measure:
         return run_stage(stage, previous, b.out, report)

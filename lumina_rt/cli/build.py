@@ -79,6 +79,12 @@ def add(p: argparse.ArgumentParser) -> Runner:
         help="do not time the engine backends (auto then follows a fixed order instead of the measured ranking)",
     )
     p.add_argument("--measure-steps", type=int, default=3, help="timed steps per backend and scale (default 3)")
+    p.add_argument(
+        "--measure-compiled",
+        action="store_true",
+        help="also measure the torch.compile backends (torch-compiled, torch-compiled-cuda): each scale compiles "
+        "first (tens of seconds per scale on a small CPU, cached after); the ranking prints the compile time",
+    )
     released = p.add_argument_group("the released pipeline's components (referenced by absolute path, not copied)")
     released.add_argument(
         "--text-encoder",
@@ -115,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     if args.measure_only is not None:
         if args.checkpoint is not None or args.out is not None:
             raise InputError("--measure-only ENGINE_DIR re-measures existing engines: give no --checkpoint / --out")
-        report = measure_only(args.measure_only, steps=args.measure_steps)
+        report = measure_only(args.measure_only, steps=args.measure_steps, compiled=args.measure_compiled)
         for line in [*report.done, *ranking_lines(report.ranking)]:
             print(line)
         print(f"ranking of {report.engine_dir} re-measured on this host in {report.seconds:.1f} s")
@@ -135,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         force=args.force,
         measure=not args.no_measure,
         measure_steps=args.measure_steps,
+        measure_compiled=args.measure_compiled,
         text_encoder=args.text_encoder,
         vae=args.vae,
         text_encoder_dtype=args.text_encoder_dtype,

@@ -15,7 +15,9 @@ backend modules share live in base.py, so that they never import this table. Bac
 - `torch-triton`: the reference model on the GPU with the Triton fused kernels;
 - `torch-cuda`: the reference model on the GPU with PyTorch's own ops (no Triton needed);
 - `torch-cpu-fused`: the reference model on the CPU with the C++ fused kernels (csrc/);
-- `torch`: the reference model on the CPU with PyTorch's own ops.
+- `torch`: the reference model on the CPU with PyTorch's own ops;
+- `torch-compiled-cuda` / `torch-compiled`: the reference model through torch.compile (inductor) on the GPU / CPU
+  (compiled_engine.py; compiled per served shape on first call, cached across runs).
 
 Other names: a *kernel backend* (ops.py: torch / triton / cpu-fused) is what a torch engine runs its fused
 ops with; a *build target* (`lumina-rt build --target`) is which files a build writes (torch / onnx / tensorrt).
@@ -35,10 +37,14 @@ BACKENDS: dict[str, Backend] = {
         Backend("onnxruntime-cuda", "lumina_rt.engines.onnxruntime_engine", "cuda"),
         Backend("torch-triton", "lumina_rt.engines.torch_engine", "cuda", kernels="triton"),
         Backend("torch-cuda", "lumina_rt.engines.torch_engine", "cuda", kernels="torch"),
+        Backend("torch-compiled-cuda", "lumina_rt.engines.compiled_engine", "cuda", kernels="torch", compiled=True),
         Backend("onnxruntime", "lumina_rt.engines.onnxruntime_engine", "cpu"),
         Backend("torch-cpu-fused", "lumina_rt.engines.torch_engine", "cpu", kernels="cpu-fused"),
         Backend("torch", "lumina_rt.engines.torch_engine", "cpu", kernels="torch"),
+        Backend("torch-compiled", "lumina_rt.engines.compiled_engine", "cpu", kernels="torch", compiled=True),
     )
 }
 # `auto` follows the ranking `lumina-rt build` measured (manifest "ranking"); this order only where there is none.
+# A compiled backend comes after the eager backend of its device that always runs (torch-cuda, torch): it pays
+# its compile time at the first call of every shape, so `auto` picks it only where a ranking measured it faster.
 UNMEASURED_ORDER = tuple(BACKENDS)

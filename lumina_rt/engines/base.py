@@ -40,12 +40,14 @@ class ScaleEngine(Protocol):
 
 @dataclass(frozen=True)
 class Backend:
-    """An engine backend: its module, device, and (torch engines) the kernel backend its fused ops use."""
+    """An engine backend: its module, device, (torch engines) the kernel backend its fused ops use, and whether it
+    compiles on first call (its measured warm-up is reported as compile time)."""
 
     name: str
     module: str
     device: str
     kernels: str | None = None
+    compiled: bool = False
 
     def impl(self) -> ModuleType:
         return importlib.import_module(self.module)

@@ -3,7 +3,7 @@
 One model serves every patch size (the scales share its backbone by construction); on the CPU in fp32 its
 parameters view the weight store's buffer (no copy). Engine backends (`BACKENDS`, engines/__init__.py): `torch` (the
 reference math), `torch-cpu-fused` (the C++ fused ops of csrc/), `torch-triton` (CUDA, Triton fused ops),
-`torch-cuda` (CUDA, PyTorch's own ops).
+`torch-cuda` (CUDA, PyTorch's own ops); the compiled backends (compiled_engine.py) share this model.
 
 Where and in what a torch engine runs is one policy, `placement(precision, device)`: on CUDA the manifest's precision
 (bf16 / fp16 / fp32: `lumina-rt build --target torch --precision bf16` is the GPU path without TensorRT) with
@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 # fused kernel takes fp32 inputs with a mask.
 CUDA_SDPA_HALF = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION)
 CUDA_SDPA_FP32 = (SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH)
+SdpaKernels = tuple[SDPBackend, ...] | None  # the SDPA kernels an engine may use (None: PyTorch's own choice)
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class Placement:
 
     device: torch.device
     dtype: torch.dtype
-    sdpa: tuple[SDPBackend, ...] | None
+    sdpa: SdpaKernels
 
 
 def placement(precision: str, device: str | torch.device) -> Placement:
@@ -106,9 +107,7 @@ def build_model(
 class TorchScaleEngine:
     """One patch size of a torch model shared by every scale; fused ops run with the kernel backend `kernels`."""
 
-    def __init__(
-        self, combo: str, model: MultiScaleNextDiT, kernels: str = "torch", sdpa: tuple[SDPBackend, ...] | None = None
-    ):
+    def __init__(self, combo: str, model: MultiScaleNextDiT, kernels: str = "torch", sdpa: SdpaKernels = None):
         self.combo = combo
         self.model = model
         self.kernels = kernels
@@ -132,9 +131,23 @@ class TorchScaleEngine:
             for i in (0, 4):
                 args[i] = args[i].to(self.dtype)
         attention = contextlib.nullcontext() if self.sdpa is None else sdpa_kernel(list(self.sdpa))
-        with ops.use_backend(self.kernels), torch.no_grad(), attention:
-            out = self.model.forward_tokens(*args, self.combo)
+        with torch.no_grad(), attention:
+            out = self.forward(args)
         return out.to(tokens.device, torch.float32)
+
+    def forward(self, args: list[torch.Tensor]) -> torch.Tensor:
+        """The model on engine inputs already on its device and in its precision (the compiled engine's seam)."""
+        with ops.use_backend(self.kernels):
+            return self.model.forward_tokens(*args, self.combo)
+
+
+def shared_model(engines: EngineFiles, device: str) -> MultiScaleNextDiT:
+    """The one model per device and precision that every torch engine backend of an engine set shares."""
+    where = placement(engines.precision, device)
+    return engines.shared(
+        f"torch-model-{device}-{engines.precision}",
+        lambda: build_model(engines.config, engines.weights(), where.device, where.dtype),
+    )
 
 
 def load(engines: EngineFiles, backend: Backend, combos: list[str]) -> dict[str, TorchScaleEngine]:
@@ -143,8 +156,5 @@ def load(engines: EngineFiles, backend: Backend, combos: list[str]) -> dict[str,
     if reason:
         raise BackendUnavailableError(f"backend {backend.name!r} cannot run: {reason}")
     where = placement(engines.precision, backend.device)
-    model = engines.shared(
-        f"torch-model-{backend.device}-{engines.precision}",
-        lambda: build_model(engines.config, engines.weights(), where.device, where.dtype),
-    )
+    model = shared_model(engines, backend.device)
     return {combo: TorchScaleEngine(combo, model, backend.kernels or "torch", where.sdpa) for combo in combos}

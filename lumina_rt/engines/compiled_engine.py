@@ -112,6 +112,17 @@ def _cpu_attention_kernel() -> bool:
     return bool(_C.attention_supported(0) or _C.attention_supported(2))
 
 
+@contextlib.contextmanager
+def compiled_kernels(device: str) -> Iterator[None]:
+    """The ops a compiled model runs on `device`: PyTorch's own, and on a CPU that runs the C++ attention kernel the
+    gated attention as `cpu_gated_attention` (what a compiled engine calls its model in; bench/engine_overhead.py)."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(ops.use_backend("torch"))
+        if device == "cpu" and _cpu_attention_kernel():
+            stack.enter_context(ops.replace_torch_impl("gated_attention", cpu_gated_attention))
+        yield
+
+
 # ------------------------------------------------------------------------------------------ availability
 @functools.cache
 def _cxx_reason() -> str | None:
@@ -157,6 +168,18 @@ class _ScaleForward(torch.nn.Module):
         return self.model.forward_tokens(tokens, cos, sin, t, cap_feats, cap_mask, motion, self.combo)
 
 
+def compile_scale(model: MultiScaleNextDiT, combo: str, mode: str) -> Callable[..., torch.Tensor]:
+    """`model.forward_tokens` at one scale through torch.compile (compiled on first call; run it inside
+    `compiled_kernels`): static shapes under CUDA graphs, else torch's automatic dynamic shapes (a scale's first
+    shape compiled static, one more graph with the dimensions that changed marked dynamic for every later shape)."""
+    dynamic = False if _device(model) == "cuda" and mode in CUDA_GRAPH_MODES else None
+    return torch.compile(_ScaleForward(model, combo), mode=mode, dynamic=dynamic)
+
+
+def _device(model: torch.nn.Module) -> str:
+    return next(model.parameters()).device.type
+
+
 class CompiledScaleEngine(torch_engine.TorchScaleEngine):
     """One patch size of the shared torch model, compiled (see the module docstring); inputs as `TorchScaleEngine`."""
 
@@ -167,26 +190,13 @@ class CompiledScaleEngine(torch_engine.TorchScaleEngine):
         self.backend = backend
         self.mode = mode
         self.cuda_graphs = self.device.type == "cuda" and mode in CUDA_GRAPH_MODES
-        # static shapes under CUDA graphs; else torch's automatic dynamic shapes (a scale's first shape compiled
-        # static, one more graph with the dimensions that changed marked dynamic for every later shape)
-        dynamic = False if self.cuda_graphs else None
-        compiled: Callable[..., torch.Tensor] = torch.compile(_ScaleForward(model, combo), mode=mode, dynamic=dynamic)
-        self.compiled = compiled
-        self.attention_kernel = self.device.type == "cpu" and _cpu_attention_kernel()
-
-    @contextlib.contextmanager
-    def _kernels(self) -> Iterator[None]:
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(ops.use_backend("torch"))
-            if self.attention_kernel:
-                stack.enter_context(ops.replace_torch_impl("gated_attention", cpu_gated_attention))
-            yield
+        self.compiled = compile_scale(model, combo, mode)
 
     def forward(self, args: list[torch.Tensor]) -> torch.Tensor:
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
         try:
-            with self._kernels():
+            with compiled_kernels(self.device.type):
                 out = self.compiled(*args)
         except torch._dynamo.exc.BackendCompilerFailed as exc:
             raise BackendUnavailableError(f"backend {self.backend!r} cannot compile here: {exc}") from exc

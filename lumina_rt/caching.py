@@ -38,8 +38,10 @@ import torch
 
 from lumina_rt.errors import ScheduleError
 
-# level -> (threshold, max_skips); measured on the built-in model's tuning seeds (docs/caching.md)
-LEVELS: dict[str, tuple[float, int] | None] = {"off": None, "safe": (0.6, 3), "fast": (1.5, 3)}
+# level -> (threshold, max_span): a threshold on the accumulated relative change of the velocity, and how far in t a
+# predicted step may lie from the last evaluation (no count limit: the same meaning on a 16- or a 70-point grid);
+# measured on the built-in model and on the released presets at 70 grid points (docs/caching.md)
+LEVELS: dict[str, tuple[float, float] | None] = {"off": None, "safe": (0.6, 0.3), "fast": (1.5, 0.3)}
 GUIDANCE_SAFE = 0.5
 MODES = ("extrapolate", "reuse")
 # level -> (the step-cache level it extends, guidance-reuse threshold); measured on the built-in model (docs/caching.md)
@@ -81,11 +83,11 @@ class StepCache:
         if isinstance(setting, str):
             if setting in LEVELS:
                 level = LEVELS[setting]
-                return None if level is None else cls(level[0], max_skips=level[1], name=setting)
+                return None if level is None else cls(level[0], max_skips=None, max_span=level[1], name=setting)
             if setting in GUIDANCE_LEVELS:
                 base, guidance = GUIDANCE_LEVELS[setting]
-                threshold, max_skips = LEVELS[base] or (0.0, 1)
-                return cls(threshold, max_skips=max_skips, name=setting, guidance=guidance)
+                threshold, max_span = LEVELS[base] or (0.0, None)
+                return cls(threshold, max_skips=None, max_span=max_span, name=setting, guidance=guidance)
             try:
                 value = float(setting)
             except ValueError:
@@ -118,11 +120,23 @@ class CacheRun:
     _g_acc: float = 0.0
     _g_skips: int = 0
     _g_t_prev: float = 0.0
+    _positive: list[tuple[float, torch.Tensor]] = field(default_factory=list)  # (t, v_pos) of guided evaluations
+    _positive_key: Hashable = None
 
-    def evaluate(self, step: int, t: float, combo: str, segment: Hashable, last: bool) -> bool:
-        """Whether step `step` (at time t, patch `combo`, in `segment`) must evaluate the model."""
+    def evaluate(
+        self, step: int, t: float, combo: str, segment: Hashable, last: bool, positive: Hashable = None
+    ) -> bool:
+        """Whether step `step` (at time t, patch `combo`, in `segment`) must evaluate the model. `positive`: for an
+        unguided segment, the key of the positive branch its velocity is (`sampling.positive_key`): a segment that
+        starts where guidance switches off continues from the positive-branch velocities of the guided steps before
+        it with that key (the same function of x and t: only the guidance combination stopped)."""
         if segment != self._segment:
-            self._segment, self._history, self._acc, self._skips = segment, [], 0.0, 0
+            continued = positive is not None and positive == self._positive_key and len(self._positive) >= 2
+            self._segment, self._history = segment, list(self._positive) if continued else []
+            if continued:  # the steps predicted since the branch's last evaluation count on, at the branch's rate
+                self._acc = self._rate(self._history) * (self._t_prev - self._history[-1][0])
+            else:
+                self._acc, self._skips = 0.0, 0
             self._guidance, self._g_acc, self._g_skips = [], 0.0, 0
         decision = True
         if not last and len(self._history) >= self.policy.warmup and self._may_skip(self._skips, t, self._history):
@@ -191,6 +205,13 @@ class CacheRun:
     def predict_guidance(self, t: float) -> torch.Tensor:
         """The guidance difference at t from the last two full evaluations of the segment."""
         return self._extrapolate(self._guidance, t, self.policy.mode)
+
+    def record_positive(self, t: float, v_pos: torch.Tensor, key: Hashable) -> None:
+        """The positive-branch velocity of an evaluated guided step, with its `sampling.positive_key` (kept: the last
+        two with that key)."""
+        if key != self._positive_key:
+            self._positive, self._positive_key = [], key
+        self._positive = [*self._positive[-1:], (t, v_pos)]
 
     def record(self, t: float, v: torch.Tensor) -> None:
         """The velocity the model gave at t (kept: the last two of the segment)."""

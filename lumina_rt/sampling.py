@@ -277,6 +277,8 @@ def guided_velocity(
             if guidance is not None and guidance.reuses_guidance:
                 guidance.record_guidance(t, v_pos - v_neg)
             guided = v_pos + scale * (v_pos - v_neg)
+        if guidance is not None:
+            guidance.record_positive(t, v_pos, positive_key(config, t))
         if float(config.renorm) > 0.0:
             dims = tuple(range(1, v_pos.dim()))
             max_norm = torch.linalg.vector_norm(v_pos, dim=dims, keepdim=True) * float(config.renorm)
@@ -289,6 +291,12 @@ def guided_velocity(
 def segment_key(config: SampleConfig, t: float) -> tuple[Scalar, ...]:
     """What must stay the same for velocities at different t to be comparable: patch combo, guidance, motion."""
     return tuple(time_aware_value(getattr(config, f), t, f) for f in ("P", "cfg", "motion", "negMotion"))
+
+
+def positive_key(config: SampleConfig, t: float) -> tuple[Scalar, ...]:
+    """What the positive branch's velocity depends on besides x and t: patch combo and motion (not the guidance
+    scale, not the negative motion)."""
+    return tuple(time_aware_value(getattr(config, f), t, f) for f in ("P", "motion"))
 
 
 def sample_euler(
@@ -325,7 +333,11 @@ def sample_euler(
         t0, t1 = grid[k], grid[k + 1]
         combo = str(time_aware_value(config.P, t0, "P"))
         bar.set_postfix(t=f"{t0:.3f}", P=combo, refresh=False)
-        if cache is not None and not cache.evaluate(k, t0, combo, segment_key(config, t0), k == len(grid) - 2):
+        evaluate = True
+        if cache is not None:  # an unguided step's velocity is the positive branch (continued across the cut-off)
+            positive = positive_key(config, t0) if float(time_aware_value(config.cfg, t0, "cfg")) <= 0 else None
+            evaluate = cache.evaluate(k, t0, combo, segment_key(config, t0), k == len(grid) - 2, positive)
+        if cache is not None and not evaluate:
             v = cache.predict(t0)
         else:
             if callback is not None:

@@ -7,7 +7,15 @@ import torch
 
 from lumina_rt.caching import GUIDANCE_LEVELS, LEVELS, StepCache
 from lumina_rt.errors import ScheduleError
-from lumina_rt.sampling import Conditioning, SampleConfig, sample_euler, segment_key, time_grid
+from lumina_rt.sampling import (
+    Conditioning,
+    SampleConfig,
+    positive_key,
+    sample_euler,
+    segment_key,
+    time_aware_value,
+    time_grid,
+)
 from tests._engine_fixtures import engines, fixture_path
 
 MULTI = SampleConfig.from_dict(
@@ -52,13 +60,19 @@ def test_policy_rules_hold_on_a_multi_scale_schedule(policy):
         assert s["evaluated"] == sum(1 for _, c, _ in calls if c == combo)
     assert run.log[-1][3] == "evaluate"  # the last step always runs the model
     segments = [segment_key(MULTI, t) for _, t, _, _ in run.log]
-    skips, last_evaluated = 0, 0.0
+    positives = [positive_key(MULTI, t) for _, t, _, _ in run.log]
+    guided = [float(time_aware_value(MULTI.cfg, t, "cfg")) > 0 for _, t, _, _ in run.log]
+    skips, last_evaluated, continued = 0, 0.0, 0
     for i, (_, t, _, decision) in enumerate(run.log):
         start = next(j for j in range(i, -1, -1) if j == 0 or segments[j - 1] != segments[i])
+        if not guided[i]:  # an unguided segment continues the positive branch of the guided steps before it
+            start = next(j for j in range(i, -1, -1) if j == 0 or positives[j - 1] != positives[i])
         evaluated_before = [d for *_, d in run.log[start:i] if d == "evaluate"]
         if decision == "reuse":
-            # never across a segment switch (patch size, guidance or motion change): two evaluations of this segment
+            # never across a patch-size or motion switch: two evaluations of this segment (or, unguided, of this
+            # positive branch)
             assert len(evaluated_before) >= policy.warmup, (i, run.log[start : i + 1])
+            continued += segments[start] != segments[i]
             skips += 1
             assert policy.max_skips is None or skips <= policy.max_skips
             assert policy.max_span is None or t - last_evaluated <= policy.max_span  # within the span of the last
@@ -66,6 +80,7 @@ def test_policy_rules_hold_on_a_multi_scale_schedule(policy):
             skips, last_evaluated = 0, t
         if i - start < policy.warmup:
             assert decision == "evaluate"
+    assert continued > 0  # MULTI's guidance cut-off lies inside the 1x2 span: the positive branch carried over
 
 
 def test_prediction_is_first_order_extrapolation_in_t():
@@ -91,7 +106,7 @@ def test_threshold_zero_evaluates_every_step_and_matches_the_uncached_sampler():
 def test_levels_and_bad_settings():
     assert StepCache.from_setting("off") is None and StepCache.from_setting(None) is None
     safe, fast = StepCache.from_setting("safe"), StepCache.from_setting("fast")
-    assert (safe.threshold, safe.max_skips) == LEVELS["safe"] and fast.threshold > safe.threshold
+    assert (safe.threshold, safe.max_span) == LEVELS["safe"] and fast.threshold > safe.threshold
     assert StepCache.from_setting("0.3").threshold == 0.3 and StepCache.from_setting(0.3).name == "threshold 0.3"
     levels = r"\['off', 'safe', 'fast', 'safe\+cfg'\]"
     with pytest.raises(ScheduleError, match=rf"unknown cache level 'quick'; choose one of {levels}"):
@@ -208,7 +223,8 @@ def test_guidance_reuse_rules_and_flops(policy):
     out = sample_euler(counter.wrap(guided_field(calls)), z, pos, neg, GUIDED, progress=False, cache=run)
     reference = released_euler(guided_field([]), z, pos, neg, GUIDED)
     assert bool(torch.isfinite(out).all())
-    assert float(torch.linalg.vector_norm(out - reference) / torch.linalg.vector_norm(reference)) < 0.05
+    # (policy 1 also predicts steps by reuse, zeroth order, on into the unguided span past the cut-off: ~8 %)
+    assert float(torch.linalg.vector_norm(out - reference) / torch.linalg.vector_norm(reference)) < 0.1
     guided_calls = [(t, c, rows) for t, c, rows in calls if t < 0.8]
     positive_only = [(t, c) for t, c, rows in guided_calls if rows == b]
     assert len(positive_only) == run.guidance_reused > 0
@@ -239,7 +255,7 @@ def test_guidance_reuse_rules_and_flops(policy):
 
 def test_guidance_levels_and_bad_settings():
     level = StepCache.from_setting("safe+cfg")
-    assert (level.threshold, level.max_skips) == LEVELS["safe"] and level.guidance == GUIDANCE_LEVELS["safe+cfg"][1]
+    assert (level.threshold, level.max_span) == LEVELS["safe"] and level.guidance == GUIDANCE_LEVELS["safe+cfg"][1]
     assert StepCache.from_setting("safe").guidance is None
     with pytest.raises(ScheduleError, match="guidance-reuse threshold must be a number >= 0 or None, got -1"):
         StepCache(0.5, guidance=-1.0)

@@ -8,6 +8,7 @@ caption tokens.
 from __future__ import annotations
 
 import functools
+import math
 import statistics
 import tempfile
 import time
@@ -397,3 +398,89 @@ def test_engine_over_model():
         value=max(v for rows in per_scale.values() for v in rows.values()), per_scale=per_scale,
         sizes=f"{SIZES}; torch engines, batch 2, median of 5; worst backend and scale as the value",
     )  # fmt: skip
+
+
+RELEASED_STEPS = 70  # every released preset's grid points
+# "floor": every step predicted that the segment rules allow (two evaluations per segment, the last step): the fewest
+# FLOPs any policy that reuses nothing across a segment switch can spend on these schedules (quality not held)
+FLOOR = StepCache(math.inf, max_skips=None, guidance=math.inf, name="floor")
+LEVELS_70 = ("off", "safe", "safe+cfg", "fast", "floor")
+
+
+def _psnr_db(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """PSNR of a final latent against a reference latent, with the reference's value range as the peak."""
+    mse = float((out.float() - ref.float()).pow(2).mean())
+    peak = float(ref.max() - ref.min())
+    return 99.0 if mse == 0 else min(99.0, 10 * math.log10(peak**2 / mse))
+
+
+def test_end_to_end_released_70_points():
+    """The released f24F96R960 presets at their 70 grid points (60 of 69 steps guided), one run each: single- vs
+    multi-scale, uncached vs `safe` vs `safe+cfg`; wall time, model FLOPs spent, and PSNR of the final latent
+    against the same schedule's uncached run. The step runs the bf16 model with the C++ fused ops where the CPU has
+    both (fp32 torch otherwise), as the engines `auto` picks here."""
+    from plots import decisions
+
+    from lumina_rt.engines.torch_engine import cpu_has_native_bf16
+
+    fused = "cpu-fused" in ops.available_backends()
+    dtype = torch.bfloat16 if fused and cpu_has_native_bf16() else torch.float32
+    kernels = "cpu-fused" if fused else "torch"
+    precision = "bf16" if dtype == torch.bfloat16 else "fp32"
+    model = bench_model(dtype)
+    cfg = model.config
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(1, *LATENT, generator=g)
+    pos = Conditioning(torch.randn(1, CAP_LEN, cfg.cap_feat_dim, generator=g), torch.ones(1, CAP_LEN, dtype=torch.long))
+    neg = Conditioning(torch.randn(1, 8, cfg.cap_feat_dim, generator=g), torch.ones(1, 8, dtype=torch.long))
+
+    def velocity(x, t, cap, mask, motion, combo):
+        return model.velocity(x.to(dtype), t.to(dtype), cap.to(dtype), mask, motion, combo).float()
+
+    runs: dict[tuple[str, str], dict] = {}
+    data: dict[str, list] = {}
+    for preset in ("f24F96R960", "f24F96R960-MultiScale"):
+        sc = SampleConfig.from_name(preset)
+        assert sc.step == RELEASED_STEPS
+        for level in LEVELS_70:
+            policy = FLOOR if level == "floor" else StepCache.from_setting(level)
+            run = policy and policy.start()
+            counter = FlopCount(cfg, 1)
+            start = time.perf_counter()
+            with torch.no_grad(), ops.use_backend(kernels):
+                out = sample_euler(counter.wrap(velocity), z, pos, neg, sc, progress=False, cache=run)
+            seconds = time.perf_counter() - start
+            ref = runs.get((preset, "off"), {}).get("out", out)
+            runs[preset, level] = dict(out=out, seconds=seconds, flops=counter.total, psnr=_psnr_db(out, ref),
+                                       evaluations=run.evaluations if run else RELEASED_STEPS - 1,
+                                       guidance_reused=run.guidance_reused if run else 0)  # fmt: skip
+            if run is not None and level != "floor":
+                data[f"{preset} {level}"] = decisions(run, sc)
+    base = runs["f24F96R960", "off"]
+    for (preset, level), r in runs.items():
+        row = dict(preset=preset, cache=level, evaluations=r["evaluations"], negatives_skipped=r["guidance_reused"],
+                   seconds=r["seconds"], time_over_single_uncached=r["seconds"] / base["seconds"],
+                   flops_over_single_uncached=r["flops"] / base["flops"],
+                   psnr_db_vs_uncached=None if level == "off" else r["psnr"])  # fmt: skip
+        report_rows.add(f"Released presets at 70 grid points ({precision}, {kernels} ops, CFG on)", row)
+    sizes = f"{SIZES}; {RELEASED_STEPS} grid points, {precision} model with {kernels} ops, one run each"
+    multi = "f24F96R960-MultiScale"
+    report_rows.SUMMARY["multiscale_over_single_70"] = dict(
+        value=runs[multi, "off"]["seconds"] / base["seconds"], flops=runs[multi, "off"]["flops"] / base["flops"],
+        sizes=sizes,
+    )  # fmt: skip
+    report_rows.SUMMARY["cache_over_uncached_70"] = {
+        level: {p: dict(value=runs[p, level]["seconds"] / runs[p, "off"]["seconds"],
+                        flops=runs[p, level]["flops"] / runs[p, "off"]["flops"], psnr_db=runs[p, level]["psnr"],
+                        evaluations=runs[p, level]["evaluations"]) for p in ("f24F96R960", multi)}
+        for level in LEVELS_70[1:]
+    }  # fmt: skip
+    report_rows.SUMMARY["cache_over_uncached_70"]["sizes"] = sizes
+    best = runs[multi, "safe+cfg"]
+    report_rows.SUMMARY["multiscale_cached_over_single_uncached_70"] = dict(
+        value=best["seconds"] / base["seconds"], flops=best["flops"] / base["flops"], psnr_db=best["psnr"],
+        evaluations=best["evaluations"], negatives_skipped=best["guidance_reused"],
+        sizes=f"{sizes}; multi-scale + safe+cfg over single-scale uncached; PSNR vs uncached multi-scale",
+    )  # fmt: skip
+    report_rows.SUMMARY["decisions_70"] = data
+    assert best["flops"] < runs[multi, "off"]["flops"] < base["flops"]

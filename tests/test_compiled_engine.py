@@ -170,3 +170,34 @@ def test_compiled_backends_come_after_the_eager_ones_unmeasured(small):
     assert order.index("torch-compiled-cuda") > order.index("torch-cuda")
     assert {n for n, b in BACKENDS.items() if b.compiled} == {"torch-compiled", "torch-compiled-cuda"}
     assert "torch-compiled" not in EngineSet(small).backends.values()
+
+
+def test_gpu_check_plans_and_sections_without_a_gpu():
+    """bench/gpu_check.py's CPU-checkable parts: its flags, the released presets' call plans it prices the caching
+    section with, and a section that raises is recorded while the next still runs."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "gpu_check", Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py"
+    )
+    assert spec is not None and spec.loader is not None
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    args = gpu_check.parse_args(["--skip", "vae", "gemma", "--skip-2b", "--compile-mode", "reduce-overhead"])
+    assert set(args.skip) == {"vae", "gemma", "2b"} and args.compile_mode == "reduce-overhead" and args.budget_s == 480
+    single, multi = gpu_check.step_plan("f24F96R960"), gpu_check.step_plan("f24F96R960-MultiScale")
+    assert len(single) == len(multi) == 69 and sum(rows == 2 for _, rows in single) == 60
+    assert {c: sum(combo == c for combo, _ in multi) for c in ("2x4", "2x2", "1x2")} == {
+        "2x4": 30,
+        "2x2": 24,
+        "1x2": 15,
+    }
+    report: dict = {"2b_gqa": {"rows": [{"combo": "1x2", "batch": 2, "backend": "triton", "ms": 5.0}]}}
+    assert gpu_check.measured_step_ms(report) == {("1x2", 2, "triton"): 5.0}
+    ran = []
+    deadline = float("inf")
+    assert not gpu_check.run_section(report, "caching", lambda: 1 / 0, deadline)
+    assert gpu_check.run_section(report, "gemma", lambda: ran.append(1), deadline) and ran == [1]
+    assert report["errors"] == {"caching": "ZeroDivisionError: division by zero"}
+    assert gpu_check.run_section(report, "vae", lambda: ran.append(2), deadline=0.0) and ran == [1]
+    assert "budget" in report["skipped"]["vae"]

@@ -384,7 +384,12 @@ def test_engine_over_model():
     from engine_overhead import measure
 
     per_scale: dict[str, dict[str, float]] = {}
-    for backend, precision in (("torch-cpu-fused", "bf16"), ("torch-cpu-fused", "fp32"), ("torch", "fp32")):
+    for backend, precision in (
+        ("torch-cpu-fused", "bf16"),
+        ("torch-cpu-fused", "fp32"),
+        ("torch", "fp32"),
+        ("torch-compiled", "bf16"),
+    ):
         if backend == "torch-cpu-fused" and "cpu-fused" not in ops.available_backends():
             continue
         result = measure(precision, backend)

@@ -6,9 +6,12 @@ model or to predict the velocity from the last two evaluations of the same *segm
 
 - a segment is a run of steps with the same patch combo, guidance scale and motion scores; any switch (a new patch
   size changes the token grid; guidance switching off changes the velocity field) starts a new one, and nothing is
-  reused across it;
-- the first `warmup` steps of each segment and the last step of the run are always evaluated, and at most
-  `max_skips` steps in a row are predicted;
+  reused across it, except where guidance switches off inside a patch size: the unguided velocity is the positive
+  branch the guided steps before evaluated (`sampling.positive_key`), so that segment continues from their
+  positive-branch velocities;
+- the first `warmup` steps of each segment and the last step of the run are always evaluated; a predicted step lies
+  within `max_span` in t of the last evaluation, and at most `max_skips` steps in a row are predicted (either limit
+  None: none);
 - from the last two evaluations (t0, v0), (t1, v1) of the segment the rate of change of the velocity is
   r = ||v1 - v0|| / ||v1|| / (t1 - t0); a step of length dt adds r * dt to the accumulated relative change since
   the last evaluation, and the step is predicted while that stays below `threshold` (EasyCache-style, with the
@@ -20,12 +23,13 @@ Guidance reuse (`guidance`, a second threshold; None: off): on a guided step tha
 runs the positive branch alone when the guidance difference d = v_pos - v_neg is predicted to change little, and the
 sampler combines it with a predicted d (renorm applied as on every guided step). The rule is the step cache's, on d
 instead of the velocity: two full (positive and negative) evaluations of the segment give d's rate of change, the
-accumulated relative change since the last full evaluation must stay below `guidance`, at most `max_skips` guided
-steps in a row run the positive branch alone, and d is extrapolated in t (or reused, `mode="reuse"`). Nothing
-crosses a segment (a guidance switch is one).
+accumulated relative change since the last full evaluation must stay below `guidance`, within the same limits
+(`max_span`, `max_skips`) guided steps run the positive branch alone, and d is extrapolated in t (or reused,
+`mode="reuse"`). Nothing crosses a segment (a guidance switch is one).
 
-Levels: "off" (no caching: the sampler runs exactly as without a policy), "safe" and "fast" (thresholds measured on
-the built-in model, docs/caching.md), "safe+cfg" ("safe" with guidance reuse), or a number (the threshold).
+Levels: "off" (no caching: the sampler runs exactly as without a policy), "safe" and "fast" (threshold and span
+measured on the built-in model and the released presets, docs/caching.md), "safe+cfg" ("safe" with guidance reuse),
+or a number (the threshold).
 """
 
 from __future__ import annotations
@@ -235,8 +239,8 @@ class CacheRun:
         return sum(s.get("guidance_reused", 0) for s in self.stats.values())
 
     def summary(self) -> dict[str, Any]:
-        out = {"policy": self.policy.name, "threshold": self.policy.threshold, "evaluations": self.evaluations,
-               "reused": self.reused, "per_scale": self.stats}  # fmt: skip
+        out = {"policy": self.policy.name, "threshold": self.policy.threshold, "max_span": self.policy.max_span,
+               "evaluations": self.evaluations, "reused": self.reused, "per_scale": self.stats}  # fmt: skip
         if self.policy.guidance is not None:
             out.update(guidance_threshold=self.policy.guidance, guidance_reused=self.guidance_reused)
         return out

@@ -98,7 +98,7 @@ def test_step(benchmark, combo, backend, dtype_name):
     def step():
         with torch.no_grad():
             if backend == "onnxruntime":
-                return _ort_runtime().velocity(x, t, cap, mask, motion, combo)
+                return _ort_runtime().engines.velocity(x, t, cap, mask, motion, combo)
             with ops.use_backend(backend):
                 return model.velocity(x, t, cap, mask, motion, combo)
 
@@ -332,7 +332,7 @@ def test_end_to_end_multiscale_vs_single(backend):
     """End-to-end sampling with the released f24F96R960 schedules (single vs multi-scale), same steps and backend."""
     if backend == "onnxruntime":
         report_rows.needs_onnx("multiscale_over_single")
-    velocity_fn = _ort_runtime().velocity if backend == "onnxruntime" else bench_model().velocity
+    velocity_fn = _ort_runtime().engines.velocity if backend == "onnxruntime" else bench_model().velocity
     single_ms, single_combos, single_flops = _sample_ms("f24F96R960", velocity_fn)
     multi_ms, multi_combos, multi_flops = _sample_ms("f24F96R960-MultiScale", velocity_fn)
     assert set(single_combos) == {"1x2"} and {"2x4", "2x2", "1x2"} <= set(multi_combos)
@@ -354,7 +354,7 @@ def test_end_to_end_multiscale_vs_single(backend):
 def test_end_to_end_step_cache():
     """End-to-end sampling with step caching ("safe") against uncached, single- and multi-scale, ONNX Runtime fp32."""
     report_rows.needs_onnx("cache_over_uncached")
-    velocity_fn = _ort_runtime().velocity
+    velocity_fn = _ort_runtime().engines.velocity
     times, evals, flops = {}, {}, {}
     for preset in ("f24F96R960", "f24F96R960-MultiScale"):
         for cache in (None, "safe"):

@@ -139,8 +139,8 @@ class CacheRun:
             self._segment, self._history = segment, list(self._positive) if continued else []
             if continued:  # the steps predicted since the branch's last evaluation count on, at the branch's rate
                 self._acc = self._rate(self._history) * (self._t_prev - self._history[-1][0])
-            else:
-                self._acc, self._skips = 0.0, 0
+            else:  # positive-branch velocities carry over only from the segment just before
+                self._acc, self._skips, self._positive, self._positive_key = 0.0, 0, [], None
             self._guidance, self._g_acc, self._g_skips = [], 0.0, 0
         decision = True
         if not last and len(self._history) >= self.policy.warmup and self._may_skip(self._skips, t, self._history):

@@ -346,3 +346,18 @@ def test_generate_command_prints_the_flops_spent(tmp_path, capsys):
     assert res.flops["per_scale"]["1x2"]["negative"] == 0 and res.flops["total"] > 0
     assert printed == [f"model FLOPs: {res.flops['total'] / 1e9:.4g} GFLOP (positive branch "
                        f"{res.flops['total'] / 1e9:.4g}, negative branch 0)"]  # fmt: skip
+
+
+def test_positive_branch_carries_over_only_from_the_segment_just_before():
+    """1x2 guided, 2x2 unguided, then 1x2 unguided: each unguided span starts with a fresh warm-up (the 1x2
+    positive-branch velocities are from before the 2x2 span, not from the segment just before)."""
+    config = SampleConfig.from_dict(
+        dict(P=["1x2", [0.3, "2x2"], [0.6, "1x2"]], step=24, ts=1.0, cfg=[4.0, [0.25, 0.0]], motion=1.0, negMotion=0.5)
+    )
+    z, pos, neg = conditions()
+    run = StepCache(100.0, max_skips=None).start()
+    sample_euler(smooth_velocity([]), z, pos, neg, config, progress=False, cache=run)
+    log = [(t, combo, d) for _, t, combo, d in run.log]
+    assert [d for t, c, d in log if c == "2x2"][:2] == ["evaluate", "evaluate"]
+    assert [d for t, c, d in log if c == "1x2" and t >= 0.6][:2] == ["evaluate", "evaluate"]
+    assert [d for t, c, d in log if c == "1x2" and 0.25 <= t < 0.3][:1] == ["reuse"]  # continued: just before

@@ -133,9 +133,10 @@ def test_a_compile_that_cannot_run_is_unavailable_and_auto_falls_back(small, tmp
 
     torch._dynamo.reset()
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "empty_cache"))
-    monkeypatch.setattr(config.cpp, "cxx", ("no-such-compiler-c++",))
     one = _one_scale(eng, tmp_path / "eng")
-    ranking = measure_backends(one, json.loads((one / "manifest.json").read_text()), 1, ["torch", "torch-compiled"])
+    # inductor's own config.patch (a monkeypatch of its config module leaves `cpp.cxx` deleted for later tests)
+    with config.patch({"cpp.cxx": ("no-such-compiler-c++",)}):
+        ranking = measure_backends(one, json.loads((one / "manifest.json").read_text()), 1, ["torch", "torch-compiled"])
     assert [r["backend"] for r in ranking["scales"]["2x4"]] == ["torch"]
     assert "cannot compile here" in ranking["not_measured"]["torch-compiled"]
     assert any("not measured: torch-compiled" in line for line in ranking_lines(ranking))

@@ -211,7 +211,7 @@ def load(engines: EngineFiles, backend: Backend, combos: list[str]) -> dict[str,
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(inductor_cache_dir()))
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     where = torch_engine.placement(engines.precision, backend.device)
-    model = torch_engine.shared_model(engines, backend.device)
+    model = torch_engine.shared_model(engines, backend.device, where)
     mode = compile_mode(backend.device)
     logger.info("engine backend %s: torch.compile mode %r, cache %s", backend.name, mode, inductor_cache_dir())
     return {combo: CompiledScaleEngine(combo, model, backend.name, where.sdpa, mode) for combo in combos}

@@ -141,9 +141,9 @@ class TorchScaleEngine:
             return self.model.forward_tokens(*args, self.combo)
 
 
-def shared_model(engines: EngineFiles, device: str) -> MultiScaleNextDiT:
-    """The one model per device and precision that every torch engine backend of an engine set shares."""
-    where = placement(engines.precision, device)
+def shared_model(engines: EngineFiles, device: str, where: Placement) -> MultiScaleNextDiT:
+    """The one model per device and precision that every torch engine backend of an engine set shares (`where`: the
+    placement policy's answer for this device, asked once per engine load)."""
     return engines.shared(
         f"torch-model-{device}-{engines.precision}",
         lambda: build_model(engines.config, engines.weights(), where.device, where.dtype),
@@ -156,5 +156,5 @@ def load(engines: EngineFiles, backend: Backend, combos: list[str]) -> dict[str,
     if reason:
         raise BackendUnavailableError(f"backend {backend.name!r} cannot run: {reason}")
     where = placement(engines.precision, backend.device)
-    model = shared_model(engines, backend.device)
+    model = shared_model(engines, backend.device, where)
     return {combo: TorchScaleEngine(combo, model, backend.kernels or "torch", where.sdpa) for combo in combos}

@@ -173,11 +173,13 @@ def test_a_replica_killed_mid_job_costs_no_job(ray_server):
     with ray_server.client() as http:
         done_before = finished_total(http, "completed")
         # The first two jobs (one per replica) are long enough (1000 steps: ~10 s on an idle core) to be still running
-        # when the separate driver that kills a replica has started and connected (seconds); the rest are short.
+        # when the separate driver that kills a replica has started and connected (seconds); the rest are short. The
+        # two long ones differ in steps, so that they are two batches on the two replicas (with equal steps they were
+        # batched onto one replica, and the replica killed could be the other, idle one: nothing to retry).
         ids = [
             http.post(
                 "/v1/videos",
-                json={"prompt": f"a green circle moving up {i}", **SIZE, "seed": i, "steps": 1000 if i < 2 else 80},
+                json={"prompt": f"a green circle moving up {i}", **SIZE, "seed": i, "steps": 1000 - i if i < 2 else 80},
             ).json()["id"]
             for i in range(6)
         ]

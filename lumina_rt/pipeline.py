@@ -86,7 +86,8 @@ class GenerationResult:
     sample_rate: int | None = None
     fps: float | None = None  # the frame rate the sound was made for (the video's)
     sampling_seconds: float | None = None  # of `seconds`, the time spent in the sampler
-    scale: int = 1  # the upscale `save` uses by default (the built-in model's: 4, as `lumina-rt generate --builtin`)
+    scale: int = 1  # the upscale `save` uses by default (the built-in model's: BUILTIN_SCALE, as `generate --builtin`)
+    upscale: str = "nearest"  # the filter it upscales with by default (the built-in model's: BUILTIN_UPSCALE)
 
     @property
     def evaluations(self) -> int:
@@ -99,24 +100,34 @@ class GenerationResult:
         return self.frames if self.frames is not None else self.latents
 
     def save(
-        self, path: str | os.PathLike, fps: float | None = None, scale: int | None = None, audio: bool = True
+        self,
+        path: str | os.PathLike,
+        fps: float | None = None,
+        scale: int | None = None,
+        audio: bool = True,
+        upscale: str | None = None,
     ) -> Path:
-        """Write the video (MP4 or GIF by suffix; default fps: the sound's, else 8; default scale: the pipeline's,
-        4 for the built-in model) into an existing, writable folder (InputError otherwise); without a decoder, a
-        preview of the latents' first channels. With sound (and `audio`), an MP4 with one sound track per clip."""
+        """Write the video (MP4 or GIF by suffix; default fps: the sound's, else 8; default scale and upscale filter:
+        the pipeline's, BUILTIN_SCALE and BUILTIN_UPSCALE for the built-in model, else 1 and nearest) into an
+        existing, writable folder (InputError otherwise); without a decoder, a preview of the latents' first
+        channels. With sound (and `audio`), an MP4 with one sound track per clip."""
         from lumina_rt.video import latent_preview, write_video
 
-        GenerationRequest(has_features=True, fps=fps or self.fps or 8, scale=scale, out=str(path))  # path, fps, scale
+        # path, fps, scale and upscale checked as a request's
+        GenerationRequest(has_features=True, fps=fps or self.fps or 8, scale=scale, upscale=upscale, out=str(path))
         scale = self.scale if scale is None else scale
+        upscale = self.upscale if upscale is None else upscale
         video = self.frames if self.frames is not None else latent_preview(self.latents)
         if self.audio is None or not audio:
-            return write_video(video, path, fps=fps or self.fps or 8, scale=scale)
+            return write_video(video, path, fps=fps or self.fps or 8, scale=scale, upscale=upscale)
         if fps is not None and self.fps is not None and float(fps) != float(self.fps):
             raise InputError(
                 f"the sound of this result was made for {self.fps:g} fps; saving {str(path)!r} at {float(fps):g} fps "
                 f"would put it out of step (save with fps={self.fps:g}, or audio=False)"
             )
-        return write_video(video, path, fps=self.fps or 8, scale=scale, audio=self.audio, sample_rate=self.sample_rate)
+        return write_video(
+            video, path, fps=self.fps or 8, scale=scale, audio=self.audio, sample_rate=self.sample_rate, upscale=upscale
+        )
 
 
 class Pipeline:
@@ -161,7 +172,8 @@ class Pipeline:
         served = {(int(s["frames"]), int(s["height"]), int(s["width"])) for s in shapes}
         self.served = sorted(served)  # (frames, height, width) the engines were built for, for error messages
         self.builtin = False  # the built-in model's engines: errors give no rebuild advice (Runtime.builtin)
-        self.default_scale = 1  # what GenerationResult.save upscales by default (Runtime.builtin: 4)
+        self.default_scale = 1  # what GenerationResult.save upscales by default (Runtime.builtin: BUILTIN_SCALE)
+        self.default_upscale = "nearest"  # ... and with which filter (Runtime.builtin: BUILTIN_UPSCALE)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -542,5 +554,6 @@ class Pipeline:
             sample_rate=None if stage is None else int(stage.sample_rate),
             fps=None if stage is None else float(fps),
             scale=self.default_scale,
+            upscale=self.default_upscale,
             sampling_seconds=sampling,
         )

@@ -3,7 +3,7 @@
 Public API:
 
 - `GenerationRequest`: the request (prompts, negative prompt, sizes, fps, steps, preset / schedule, cfg, motion,
-  seed, cache, audio, output scale, output path), checked field by field when it is made;
+  seed, cache, audio, output scale and upscale filter, output path), checked field by field when it is made;
 - `GenerationRequest.from_cli(args)`: from `lumina-rt generate`'s parsed flags (errors name `--frames`, ...);
 - `GenerationRequest.from_python(**keywords)`: from `Pipeline.generate` / `Runtime.generate` keywords
   (errors name `frames=`, ...);
@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lumina_rt.errors import EngineError, InputError, ScheduleError
+from lumina_rt.video import UPSCALE_FILTERS
 
 if TYPE_CHECKING:
     from lumina_rt.sampling import SampleConfig
@@ -71,6 +72,7 @@ NAMES: dict[str, tuple[str, str, str]] = {
     "audio": ("--audio", "audio", "audio"),
     "audio_steps": ("--audio-steps", "audio_steps", "audio_steps"),
     "scale": ("--scale", "scale", "scale"),
+    "upscale": ("--upscale", "upscale", "upscale"),
     "out": ("--out", "path", "out"),
 }
 
@@ -86,7 +88,8 @@ RULES: tuple[tuple[str, str, str], ...] = (
     ("seed", "InputError", f"a whole number 0 .. 2**63-1 ({SEED_MAX})"),
     ("cache", "ScheduleError", "off, safe, fast, safe+cfg, or a finite threshold >= 0"),
     ("audio steps", "InputError", f"with audio only; a whole number 2 .. {STEPS_MAX}"),
-    ("scale", "InputError", f"a whole number 1 .. {SCALE_MAX} (nearest-neighbour upscale)"),
+    ("scale", "InputError", f"a whole number 1 .. {SCALE_MAX} (how many times larger the saved video is)"),
+    ("upscale", "InputError", f"one of {', '.join(UPSCALE_FILTERS)} (the filter that upscales it)"),
     ("output path", "InputError", ".mp4 or .gif (.mp4 with audio) in an existing, writable folder; not read-only"),
     ("caption length", "EngineError", "at most the engines' caption tokens (shorten the prompt)"),
 )
@@ -191,6 +194,7 @@ class GenerationRequest:
     audio: bool = False
     audio_steps: int | None = None
     scale: int | None = None
+    upscale: str | None = None
     out: str | None = None
     source: str = "python"
     _given: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -235,6 +239,7 @@ class GenerationRequest:
             audio=bool(args.audio),
             audio_steps=args.audio_steps,
             scale=args.scale,
+            upscale=args.upscale,
             out=args.out,
             source="cli",
             _given={k: v for k, v in raw.items() if v is not None},
@@ -244,7 +249,8 @@ class GenerationRequest:
     @classmethod
     def from_python(cls, prompt: str | Sequence[str] | None = None, **keywords: Any) -> GenerationRequest:
         """From `generate` keywords (`prompt`, `negative_prompt`, `unconditional`, `frames`, ..., `seed`, `cache`,
-        `audio`, `audio_steps`, `scale`, `path`); `has_features=True` when caption features replace the prompt."""
+        `audio`, `audio_steps`) and `save`'s (`scale`, `upscale`, `path`); `has_features=True` when caption features
+        replace the prompt."""
         if "path" in keywords:
             keywords["out"] = keywords.pop("path")
         unknown = sorted(set(keywords) - {f.name for f in fields(cls)} - {"_given"})
@@ -343,6 +349,8 @@ class GenerationRequest:
                 )
         if self.scale is not None and (not _is_int(self.scale) or not 1 <= self.scale <= SCALE_MAX):
             raise InputError(f"{self.said('scale')}: must be a whole number 1 .. {SCALE_MAX}")
+        if self.upscale is not None and self.upscale not in UPSCALE_FILTERS:
+            raise InputError(f"{self.said('upscale')}: choose one of {list(UPSCALE_FILTERS)}")
         if self.out is not None:
             check_output_path(self.out, self.said("out"), self.said("audio", True) if self.audio else None)
 

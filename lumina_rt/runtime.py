@@ -64,16 +64,18 @@ class Runtime:
     def builtin(cls, precision: str = "fp32", *, audio: bool = False, **options: Any) -> Runtime:
         """The built-in model's runtime, in one line: its engines are built on first use into the cache
         (LUMINA_RT_CACHE, ~/.cache/lumina_rt) and reused after. Like `lumina-rt generate --builtin`, it makes 8x32x32
-        videos by default and `GenerationResult.save` upscales them 4x. Its sound model's engine is built with
-        `audio=True`, else on the first `generate(..., audio=True)`. `options`: `Runtime`'s (backend, parallel, ...).
+        videos by default and `GenerationResult.save` upscales them 4x, bicubic (BUILTIN_SCALE, BUILTIN_UPSCALE). Its
+        sound model's engine is built with `audio=True`, else on the first `generate(..., audio=True)`. `options`:
+        `Runtime`'s (backend, parallel, ...).
         """
-        from lumina_rt.builtin import BUILTIN_DEFAULT_SIZE, BUILTIN_SCALE
+        from lumina_rt.builtin import BUILTIN_DEFAULT_SIZE, BUILTIN_SCALE, BUILTIN_UPSCALE
         from lumina_rt.builtin.engines import builtin_engines
 
         engine_dir = builtin_engines(precision, audio=audio)
         runtime = cls(engine_dir, **options)
         pipeline = runtime.pipeline
         pipeline.default_size, pipeline.default_scale, pipeline.builtin = BUILTIN_DEFAULT_SIZE, BUILTIN_SCALE, True
+        pipeline.default_upscale = BUILTIN_UPSCALE
         if not runtime.engines.manifest.get("v2a"):
 
             def sound() -> Soundtrack:  # first generate(audio=True): build the sound model's engine, then load it

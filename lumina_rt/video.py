@@ -4,10 +4,12 @@ Encoding and decoding go through the ffmpeg that the imageio-ffmpeg wheel ships 
 needed); what streams a file holds (kinds, sample rates) is read by PyAV (`media_streams`: ffmpeg's libraries, bundled
 in its wheel), never parsed out of ffmpeg's log text:
 
-- `write_video(frames, path, fps, scale, audio=None, sample_rate=None)`: one ffmpeg call encodes the frames (raw
-  RGB on its stdin) and, with `audio`, muxes one AAC track per waveform, each padded with silence or trimmed to the
-  video's duration. The file is written under a hidden temporary name beside `path` and renamed into place
-  (`lumina_rt.files.atomic_path`): a failure leaves no partial file.
+- `write_video(frames, path, fps, scale, audio=None, sample_rate=None, upscale="nearest")`: the frames upscaled
+  `scale` times with one of `UPSCALE_FILTERS` (nearest: pixels repeated, hard blocks; bilinear, bicubic:
+  interpolated, smooth edges for smooth shapes), then one ffmpeg call encodes them (raw RGB on its stdin) and, with
+  `audio`, muxes one AAC track per waveform, each padded with silence or trimmed to the video's duration. The file
+  is written under a hidden temporary name beside `path` and renamed into place (`lumina_rt.files.atomic_path`): a
+  failure leaves no partial file.
 - `read_video(path)`: frames [3, F, H, W] in [0, 1] and the frame rate (MP4 / MOV / WebM / ... through ffmpeg, GIF
   through Pillow), with typed errors naming the file.
 - `read_audio(path)`: a sound track decoded to float PCM, and its sample rate; `stream_durations(path)`: how long
@@ -43,22 +45,38 @@ AUDIO_BITRATE = "128k"
 # Sample rates AAC codes (MPEG-4 sampling frequency indices); ffmpeg drops or resamples any other.
 AAC_SAMPLE_RATES = (7350, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
 FFMPEG_TIMEOUT_S = 600
+# Filters that upscale saved videos (`to_uint8`): nearest repeats pixels (hard blocks); bilinear and bicubic
+# interpolate (torch.nn.functional.interpolate, align_corners=False), smoother on anti-aliased shapes.
+UPSCALE_FILTERS = ("nearest", "bilinear", "bicubic")
 
 
-def to_uint8(frames: torch.Tensor, scale: int = 1) -> np.ndarray:
-    """[3, F, H, W] or [B, 3, F, H, W] in [0, 1] -> [F, H', W', 3] uint8 (a batch side by side, even sizes for MP4)."""
-    if frames.dim() == 5:
-        frames = torch.cat(list(frames), dim=-1)  # B videos left to right
-    if frames.dim() != 4 or frames.shape[0] not in (1, 3):
+def to_uint8(frames: torch.Tensor, scale: int = 1, upscale: str = "nearest") -> np.ndarray:
+    """[3, F, H, W] or [B, 3, F, H, W] in [0, 1] -> [F, H', W', 3] uint8 (a batch side by side, even sizes for MP4),
+    each video upscaled `scale` times with the filter `upscale` (one of `UPSCALE_FILTERS`)."""
+    if upscale not in UPSCALE_FILTERS:
+        raise InputError(f"upscale filter {upscale!r} is not one of {list(UPSCALE_FILTERS)}")
+    if frames.dim() not in (4, 5) or frames.shape[-4] not in (1, 3):
         raise InputError(f"frames must be [3, F, H, W] or [B, 3, F, H, W], got shape {tuple(frames.shape)}")
-    if frames.shape[0] == 1:
-        frames = frames.expand(3, -1, -1, -1)
-    arr = (frames.detach().float().clamp(0, 1).permute(1, 2, 3, 0).cpu().numpy() * 255.0).round().astype(np.uint8)
-    if scale > 1:
-        arr = arr.repeat(scale, axis=1).repeat(scale, axis=2)
+    videos = list(frames) if frames.dim() == 5 else [frames]
+    arr = np.concatenate([_pixels(v, scale, upscale) for v in videos], axis=2)  # B videos left to right
     pad_h, pad_w = arr.shape[1] % 2, arr.shape[2] % 2
     if pad_h or pad_w:
         arr = np.pad(arr, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    return arr
+
+
+def _pixels(video: torch.Tensor, scale: int, upscale: str) -> np.ndarray:
+    """One video [C, F, H, W] (C = 1 grey or 3) -> [F, H * scale, W * scale, 3] uint8. Nearest repeats the uint8
+    pixels; bilinear and bicubic interpolate the float frames (edges clamped, the result clamped to [0, 1])."""
+    x = video.detach().float().clamp(0, 1).expand(3, -1, -1, -1)
+    if scale > 1 and upscale != "nearest":
+        x = torch.nn.functional.interpolate(
+            x.transpose(0, 1), scale_factor=scale, mode=upscale, align_corners=False
+        ).transpose(0, 1)
+        x = x.clamp(0, 1)  # bicubic overshoots at edges
+    arr = (x.permute(1, 2, 3, 0).cpu().numpy() * 255.0).round().astype(np.uint8)
+    if scale > 1 and upscale == "nearest":
+        arr = arr.repeat(scale, axis=1).repeat(scale, axis=2)
     return arr
 
 
@@ -193,8 +211,10 @@ def write_video(
     scale: int = 1,
     audio: torch.Tensor | np.ndarray | None = None,
     sample_rate: int | None = None,
+    upscale: str = "nearest",
 ) -> Path:
-    """Write frames (see `to_uint8`) to `path` (.mp4 or .gif) atomically; returns the path.
+    """Write frames (see `to_uint8`; upscaled `scale` times with the filter `upscale`) to `path` (.mp4 or .gif)
+    atomically; returns the path.
 
     `audio`: a waveform [samples] or one per track [T, samples] (floats in [-1, 1]) at `sample_rate`, muxed as AAC
     (MP4 only), each padded with silence or trimmed to the video's duration (frames / fps).
@@ -214,7 +234,7 @@ def write_video(
                 f"{AUDIO_SUFFIXES} to keep the audio"
             )
         tracks = audio_tracks(audio, sample_rate, path)
-    arr = to_uint8(frames, scale)
+    arr = to_uint8(frames, scale, upscale)
     if tracks is not None:
         tracks = fit_audio(tracks, audio_length(arr.shape[0], rate, int(sample_rate or 0)))
     with atomic_path(path, keep_suffix=True) as tmp:

@@ -22,7 +22,8 @@ V2A_FOLDER = "v2a"
 # Shapes the built-in model's engines serve, and the size `lumina-rt generate --builtin` makes without sizes.
 BUILTIN_SHAPES: dict[str, Any] = dict(resolutions=((32, 32), (64, 64)), frames=(1, 8, 16))
 BUILTIN_DEFAULT_SIZE = (8, 32, 32)  # frames, height, width
-BUILTIN_SCALE = 4  # nearest-neighbour upscale of its videos when saved (CLI --builtin, Runtime.builtin)
+BUILTIN_SCALE = 4  # upscale of its videos when saved (CLI --builtin, Runtime.builtin) ...
+BUILTIN_UPSCALE = "bicubic"  # ... with this filter (lumina_rt.video.UPSCALE_FILTERS): smooth edges, no blocks
 
 # Sampling recipes of the built-in model: CFG against the system-prompt-only caption with a mid-range motion score
 # (1.4 px/frame, a motion-contrast negative like the released presets' conditioned negMotion: it pushes slow

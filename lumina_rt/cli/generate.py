@@ -9,7 +9,9 @@ from lumina_rt.cli.common import Runner, add_parallel_flags, parallel_config
 
 
 def add(p: argparse.ArgumentParser) -> Runner:
+    from lumina_rt.builtin import BUILTIN_SCALE, BUILTIN_UPSCALE
     from lumina_rt.engines import BACKENDS
+    from lumina_rt.video import UPSCALE_FILTERS
 
     p.add_argument("engine_dir", nargs="?", default=None, help="engine directory (manifest.json)")
     p.add_argument("--builtin", action="store_true", help="use the built-in model (engines built on first use)")
@@ -43,7 +45,16 @@ def add(p: argparse.ArgumentParser) -> Runner:
         help="with --builtin: engine precision (default fp32; bf16: torch engines, CPUs with native bf16 or GPUs)",
     )
     p.add_argument(
-        "--scale", type=int, default=None, help="nearest-neighbour upscale factor (default 4 with --builtin, else 1)"
+        "--scale",
+        type=int,
+        default=None,
+        help=f"save the video this many times larger (default {BUILTIN_SCALE} with --builtin, else 1)",
+    )
+    p.add_argument(
+        "--upscale",
+        default=None,
+        choices=UPSCALE_FILTERS,
+        help=f"the filter that upscales it (default {BUILTIN_UPSCALE} with --builtin, else nearest)",
     )
     p.add_argument(
         "--cache",
@@ -93,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if not runtime.is_main:  # every process holds the result; rank 0 alone writes it
         return 0
-    path = result.save(request.out, fps=request.fps, scale=request.scale)
+    path = result.save(request.out, fps=request.fps, scale=request.scale, upscale=request.upscale)
     kind = "frames" if result.frames is not None else "latent preview (no decoder in the engine directory)"
     print(
         f"wrote {path} in {time.perf_counter() - STARTED:.1f} s ({kind}, {tuple(result.latents.shape)} latents, "

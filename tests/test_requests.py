@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from lumina_rt.errors import LuminaError
 
@@ -212,6 +213,7 @@ ROWS = [
     Row("frames-not-a-number", ["--frames", "x"], "argparse", "argument --frames: invalid int value: 'x'"),
     Row("backend-unknown", ["--backend", "nonsense"], "argparse", "argument --backend: invalid choice: 'nonsense'"),
     Row("precision-unknown", ["--precision", "fp8"], "argparse", "argument --precision: invalid choice: 'fp8'"),
+    Row("upscale-unknown", ["--upscale", "lanczos"], "argparse", "argument --upscale: invalid choice: 'lanczos'"),
 ]
 
 
@@ -350,6 +352,35 @@ def test_http_spelling(runtime):
     req = GenerationRequest.from_http({"prompt": PROMPT, "frames": 7})
     with pytest.raises(InputError, match=r'^"frames": 7: scale 2x2 of this schedule takes 1 frame'):
         req.check(runtime.pipeline)
+
+
+def test_upscale_is_refused_in_each_callers_words(result, tmp_path):
+    from lumina_rt.errors import InputError
+    from lumina_rt.request import GenerationRequest
+
+    choices = r"choose one of \['nearest', 'bilinear', 'bicubic'\]$"
+    with pytest.raises(InputError, match=rf'^"upscale": "lanczos": {choices}'):
+        GenerationRequest.from_http({"prompt": PROMPT, "upscale": "lanczos"})
+    with pytest.raises(InputError, match=rf"^upscale='lanczos': {choices}"):
+        result.save(tmp_path / "o.gif", upscale="lanczos")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_upscale_filter_reaches_the_file(builtin_cache, tmp_path, result):
+    from lumina_rt.builtin import BUILTIN_SCALE, BUILTIN_UPSCALE
+    from lumina_rt.video import read_video
+
+    assert result.upscale == BUILTIN_UPSCALE and result.scale == BUILTIN_SCALE  # Runtime.builtin's defaults
+    videos = {}
+    for name, flags in (("default", []), ("nearest", ["--upscale", "nearest"]), ("bicubic", ["--upscale", "bicubic"])):
+        res = _cli([*G, "--prompt", PROMPT, "--scale", "2", *flags, "--out", f"{name}.gif"], builtin_cache, tmp_path)
+        assert res.returncode == 0, res.stderr[-2000:]
+        videos[name] = read_video(tmp_path / f"{name}.gif")[0]
+    assert videos["nearest"].shape == videos["bicubic"].shape == (3, 8, 64, 64)  # the same size, 2x
+    assert not torch.equal(videos["nearest"], videos["bicubic"])
+    assert torch.equal(videos["default"], videos[BUILTIN_UPSCALE])
+    blocks = videos["nearest"][..., ::2, ::2].repeat_interleave(2, -2).repeat_interleave(2, -1)
+    assert torch.equal(blocks, videos["nearest"])  # nearest: 2x2 blocks of one colour
 
 
 def test_parity_refuses_a_file_that_is_not_safetensors(tmp_path, builtin_cache):

@@ -293,6 +293,12 @@ def segment_key(config: SampleConfig, t: float) -> tuple[Scalar, ...]:
     return tuple(time_aware_value(getattr(config, f), t, f) for f in ("P", "cfg", "motion", "negMotion"))
 
 
+def bridge_key(config: SampleConfig, t: float) -> tuple[Scalar, ...]:
+    """A segment's key without the patch combo: where only the patch size switches, a caching policy with a bridge
+    threshold may continue across the switch (`lumina_rt.caching`)."""
+    return tuple(time_aware_value(getattr(config, f), t, f) for f in ("cfg", "motion", "negMotion"))
+
+
 def positive_key(config: SampleConfig, t: float) -> tuple[Scalar, ...]:
     """What the positive branch's velocity depends on besides x and t: patch combo and motion (not the guidance
     scale, not the negative motion)."""
@@ -336,7 +342,8 @@ def sample_euler(
         evaluate = True
         if cache is not None:  # an unguided step's velocity is the positive branch (continued across the cut-off)
             positive = positive_key(config, t0) if float(time_aware_value(config.cfg, t0, "cfg")) <= 0 else None
-            evaluate = cache.evaluate(k, t0, combo, segment_key(config, t0), k == len(grid) - 2, positive)
+            segment, bridge = segment_key(config, t0), bridge_key(config, t0)
+            evaluate = cache.evaluate(k, t0, combo, segment, k == len(grid) - 2, positive, bridge)
         if cache is not None and not evaluate:
             v = cache.predict(t0)
         else:

@@ -361,3 +361,58 @@ def test_positive_branch_carries_over_only_from_the_segment_just_before():
     assert [d for t, c, d in log if c == "2x2"][:2] == ["evaluate", "evaluate"]
     assert [d for t, c, d in log if c == "1x2" and t >= 0.6][:2] == ["evaluate", "evaluate"]
     assert [d for t, c, d in log if c == "1x2" and 0.25 <= t < 0.3][:1] == ["reuse"]  # continued: just before
+
+
+def test_bridge_continues_a_segment_across_a_patch_size_switch():
+    """One evaluation at the new scale: within the jump threshold the new segment takes the new scale's level and
+    the old segment's slope (so the next step may be predicted); beyond it, a fresh warm-up."""
+    seg_a, seg_b, bridge = ("2x4", 4.0), ("2x2", 4.0), (4.0,)
+    v0, v1 = torch.full((1, 4), 1.0), torch.full((1, 4), 2.0)  # slope 10 per unit t
+    new = torch.tensor([[3.2, 3.0, 3.0, 3.0]])  # the old segment extrapolated to t = 0.2 gives 3.0
+    jump = float(torch.linalg.vector_norm(new - 3.0) / torch.linalg.vector_norm(new))
+    for threshold, taken in [(0.5, True), (jump * 0.99, False)]:
+        run = StepCache(100.0, max_skips=None, bridge=threshold).start()
+        for step, (t, v) in enumerate([(0.0, v0), (0.1, v1)]):
+            assert run.evaluate(step, t, "2x4", seg_a, False, None, bridge)
+            run.record(t, v)
+        assert run.evaluate(2, 0.2, "2x2", seg_b, False, None, bridge)  # the new scale is evaluated once
+        run.record(0.2, new)
+        assert run.bridges == [(0.2, "velocity", "2x2", pytest.approx(jump), taken)]
+        assert run.evaluate(3, 0.3, "2x2", seg_b, False, None, bridge) is not taken
+        if taken:  # the new level, the old slope
+            torch.testing.assert_close(run.predict(0.3), new + 1.0)
+    # no bridge threshold, or anything else switching too (the guidance scale here): no bridge
+    for policy, key_b in [(StepCache(100.0), bridge), (StepCache(100.0, bridge=0.5), (0.0,))]:
+        run = policy.start()
+        for step, (t, v) in enumerate([(0.0, v0), (0.1, v1)]):
+            run.evaluate(step, t, "2x4", seg_a, False, None, bridge)
+            run.record(t, v)
+        run.evaluate(2, 0.2, "2x2", ("2x2", key_b[0]), False, None, key_b)
+        run.record(0.2, new)
+        assert run.bridges == [] and run.evaluate(3, 0.3, "2x2", ("2x2", key_b[0]), False, None, key_b)
+
+
+def test_bridged_sampling_evaluates_each_new_scale_once_and_bridges_guidance_too():
+    calls: list = []
+    z, pos, neg = conditions()
+    run = StepCache(100.0, max_skips=None, guidance=100.0, bridge=10.0).start()
+    sample_euler(smooth_velocity(calls), z, pos, neg, MULTI, progress=False, cache=run)
+    log = [(t, combo, d) for _, t, combo, d in run.log]
+    for combo in ("2x2", "1x2"):  # one evaluation at the switch, then predicted
+        assert [d for t, c, d in log if c == combo][:2] == ["evaluate", "reuse"]
+    assert [(kind, combo) for _, kind, combo, _, taken in run.bridges if taken] == [
+        ("guidance", "2x2"), ("velocity", "2x2"), ("guidance", "1x2"), ("velocity", "1x2")]  # fmt: skip
+    assert run.summary()["bridges"][1] == dict(
+        t=pytest.approx(0.2, abs=0.05),
+        kind="velocity",
+        combo="2x2",
+        jump=pytest.approx(run.bridges[1][3], abs=1e-4),
+        taken=True,
+    )
+    assert len(calls) == run.evaluations  # every evaluation called the model once
+    # a jump threshold of 0 takes no bridge on this field (its size changes with the patch combo): segments warm up
+    strict = StepCache(100.0, max_skips=None, guidance=100.0, bridge=0.0).start()
+    sample_euler(smooth_velocity([]), z, pos, neg, MULTI, progress=False, cache=strict)
+    assert strict.bridges and not any(taken for *_, taken in strict.bridges)
+    for combo in ("2x2", "1x2"):
+        assert [d for _, _, c, d in strict.log if c == combo][:2] == ["evaluate", "evaluate"]

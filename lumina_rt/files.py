@@ -148,6 +148,7 @@ def atomic_path(path: str | os.PathLike, directory: bool = False, keep_suffix: b
         if directory:
             replace_folder(tmp, target)
         else:
+            os.chmod(tmp, 0o666 & ~_umask())  # again: a writer may have replaced the file (safetensors writes 0600)
             os.replace(tmp, target)
     finally:
         if tmp.exists():

@@ -110,3 +110,23 @@ def test_folder_replace_fallback_puts_the_old_folder_back_when_the_new_one_canno
     with pytest.raises(OSError, match="disk gone"), atomic_path(target, directory=True) as tmp:
         (tmp / "f").write_text("new")
     assert (target / "f").read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_atomic_path_gives_umask_permissions_even_when_the_writer_replaced_the_file(tmp_path):
+    """safetensors' save_file leaves a 0600 file in place of the temporary one: the result still follows the umask
+    (the built-in model's exported weights were unreadable to other users)."""
+    import torch
+    from safetensors.torch import save_file
+
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "w.safetensors") as tmp:
+            save_file({"x": torch.zeros(2)}, str(tmp))
+        with atomic_path(tmp_path / "b.bin") as tmp:
+            tmp.unlink()
+            fd = os.open(tmp, os.O_CREAT | os.O_WRONLY, 0o600)
+            os.close(fd)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.bin").stat().st_mode & 0o777 == 0o644

@@ -21,7 +21,8 @@ V2A_FOLDER = "v2a"
 
 # Shapes the built-in model's engines serve, and the size `lumina-rt generate --builtin` makes without sizes.
 BUILTIN_SHAPES: dict[str, Any] = dict(resolutions=((32, 32), (64, 64)), frames=(1, 8, 16))
-BUILTIN_DEFAULT_SIZE = (8, 32, 32)  # frames, height, width
+BUILTIN_DEFAULT_SIZE = (8, 32, 32)  # frames, height, width: the size it was trained at (trained_size)
+UNTRAINED_SIZE = (8, 32, 32)  # what `trained_size` says of a checkpoint without a train_config.json
 BUILTIN_SCALE = 4  # upscale of its videos when saved (CLI --builtin, Runtime.builtin) ...
 BUILTIN_UPSCALE = "bicubic"  # ... with this filter (lumina_rt.video.UPSCALE_FILTERS): smooth edges, no blocks
 
@@ -41,6 +42,17 @@ BUILTIN_MULTI: dict[str, Any] = {**BUILTIN_SINGLE, "P": ["2x2", [0.4, "1x2"]], "
 def builtin_presets() -> dict[str, dict[str, Any]]:
     """The built-in sampling presets; the first is the engines' default (multi-scale: better direction, cheaper)."""
     return {"multi_scale": dict(BUILTIN_MULTI), "single_scale": dict(BUILTIN_SINGLE)}
+
+
+def trained_size(directory: str | Path) -> tuple[int, int, int]:
+    """(frames, height, width) a checkpoint was trained for: its train_config.json's last stage, else 8 x 32 x 32."""
+    import json
+
+    path = Path(directory) / "train_config.json"
+    stages = (json.loads(path.read_text()).get("stages") or []) if path.is_file() else []
+    if not stages:
+        return UNTRAINED_SIZE
+    return int(stages[-1]["frames"]), int(stages[-1]["size"]), int(stages[-1]["size"])
 
 
 def builtin_dir() -> Path:

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from lumina_rt.builtin import builtin_dir, builtin_presets
+from lumina_rt.builtin import builtin_dir, builtin_presets, trained_size
 from lumina_rt.components import read_components
 from lumina_rt.errors import TextEncoderError
 from lumina_rt.pipeline import Pipeline
@@ -22,9 +22,9 @@ def sample_presets(directory: str | Path | None = None) -> dict[str, dict[str, A
 @torch.no_grad()
 def generate_reference(
     prompt: str | list[str],
-    frames: int = 8,
-    height: int = 32,
-    width: int = 32,
+    frames: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
     steps: int | None = None,
     sample: str | dict[str, Any] = "single_scale",
     cfg: float | None = None,
@@ -36,9 +36,13 @@ def generate_reference(
     """Videos [B, 3, F, H, W] in [0, 1] (B = number of prompts) from the reference model, through `Pipeline`.
 
     `sample`: "single_scale" / "multi_scale" (the checkpoint's presets) or a SampleConfig dict; `motion` may
-    be one score per prompt (negative: unconditioned). Negative condition: the system prompt alone.
+    be one score per prompt (negative: unconditioned). Negative condition: the system prompt alone. Sizes default
+    to what the checkpoint was trained at (`trained_size`: the built-in model's 8 x 64 x 64).
     """
-    pipeline = Pipeline.from_checkpoint(builtin_dir() if directory is None else directory)
+    directory = builtin_dir() if directory is None else directory
+    trained = trained_size(directory)
+    frames, height, width = (trained[i] if v is None else v for i, v in enumerate((frames, height, width)))
+    pipeline = Pipeline.from_checkpoint(directory)
     if pipeline.decoder() is None:
         raise TextEncoderError(f"{str(pipeline.components_dir)!r} has no components.json naming a decoder")
     per_item = list(motion) if isinstance(motion, (list, tuple)) else None

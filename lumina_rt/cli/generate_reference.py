@@ -38,6 +38,6 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         directory=args.model,
     )
-    path = write_video(video[0], args.out, scale=4)
+    path = write_video(video[0], args.out, scale=max(1, 128 // video.shape[3]), upscale="bicubic")  # ~128 px
     print(f"wrote {path} ({video.shape[2]} frames, {video.shape[3]}x{video.shape[4]}) in {time.time() - t0:.1f} s")
     return 0

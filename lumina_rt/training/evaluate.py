@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lumina_rt.builtin import UNTRAINED_SIZE
 from lumina_rt.data import captions as C
 from lumina_rt.data.motion import analyse_frames
 from lumina_rt.errors import ConfigError
@@ -37,7 +38,6 @@ SPLIT_DESCRIPTIONS = {
     "combos": "held-out (colour, shape, direction) x 3 speeds",
     "heldout": "held-out (colour, shape, direction) x 3 speeds, held-out templates, paraphrases and backgrounds",
 }
-DEFAULT_VIDEO = (8, 32, 32)  # frames, height, width of a checkpoint without a train_config.json
 
 
 def rankdata(values: np.ndarray) -> np.ndarray:
@@ -99,16 +99,9 @@ def eval_prompts(split: str = "combos") -> list[EvalPrompt]:
 
 def video_size(directory: str | Path) -> tuple[int, int, int]:
     """(frames, height, width) a checkpoint was trained for: its train_config.json's last stage, else 8 x 32 x 32."""
-    import json
+    from lumina_rt.builtin import trained_size
 
-    path = Path(directory) / "train_config.json"
-    if not path.is_file():
-        return DEFAULT_VIDEO
-    stages = json.loads(path.read_text()).get("stages") or []
-    if not stages:
-        return DEFAULT_VIDEO
-    last = stages[-1]
-    return int(last["frames"]), int(last["size"]), int(last["size"])
+    return trained_size(directory)
 
 
 def _percent(rows: list[dict[str, Any]], key: str) -> float:
@@ -169,7 +162,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def _generate_schedule(
     pipeline: Any, name: str, prompts: list[EvalPrompt], seeds: tuple[int, ...], batch: int,
-    steps: int | None, cfg: float | None, cache: Any, video: tuple[int, int, int] = DEFAULT_VIDEO,
+    steps: int | None, cfg: float | None, cache: Any, video: tuple[int, int, int] = UNTRAINED_SIZE,
 ) -> tuple[torch.Tensor, int, float]:  # fmt: skip
     """Videos of every seed and prompt with one schedule, the model evaluations they took, and the seconds."""
     t0 = time.time()
@@ -246,7 +239,7 @@ def evaluate_model(
 def _evaluate_schedule(
     report: dict[str, Any], pipeline: Any, name: str, prompts: list[EvalPrompt], metas: list[EvalPrompt],
     seeds: tuple[int, ...], batch: int, steps: int | None, cfg: float | None, policy: Any, presets: dict[str, Any],
-    save_videos: str | Path | None, video: tuple[int, int, int] = DEFAULT_VIDEO,
+    save_videos: str | Path | None, video: tuple[int, int, int] = UNTRAINED_SIZE,
 ) -> None:  # fmt: skip
     """One schedule of `evaluate_model`: generate, score (uncached and cached with a policy), save, log."""
     from lumina_rt.video import write_video

@@ -258,15 +258,24 @@ def test_pca_latent_fits_round_trips_and_trains(tmp_path):
     rec = ae.decode(z)
     assert float(((rec - (clips + 1) / 2) ** 2).mean()) < 0.005
     assert all(analyse_frames(rec[i]).colour == analyse_frames((clips[i] + 1) / 2).colour for i in range(8))
+    # without whitening: one scale for all components, their variances keep the PCA's ratios, the same round trip
+    flat = PCAAutoencoder.fit(clips, channels=12, factor=4, whiten=False)
+    zf = flat.encode(clips)
+    var = zf.transpose(0, 1).reshape(12, -1).var(dim=1)
+    torch.testing.assert_close(var / var[0], ae.z_std.pow(2) / ae.z_std[0].pow(2), rtol=1e-3, atol=1e-6)
+    assert abs(float(var.mean()) - 1) < 0.05 and float(var[0]) > 5 * float(var[-1])
+    torch.testing.assert_close(flat.decode(zf), rec, rtol=0, atol=1e-5)
     cfg = tiny_config(image_batch_size=2, ckpt_every=2)
     cfg["model"]["in_channels"] = 12
     cfg["model"]["all_patch_size"], cfg["model"]["all_f_patch_size"] = [2, 2, 4], [1, 2, 2]
-    cfg["latent"] = dict(kind="pca", channels=12, factor=4, fit_clips=64)
+    cfg["latent"] = dict(kind="pca", channels=12, factor=4, fit_clips=64, whiten=False)
     cfg["stages"] = [dict(iters=2, size=32, frames=8)]
     res = T.train(cfg, tmp_path / "run", resume=False, export_dir=tmp_path / "export", progress=False)
     comps = json.loads((res["export"] / "components.json").read_text())
     assert comps["decoder"]["kind"] == "lumina-tiny-pca" and comps["latent"]["spatial_factor"] == 4
     assert (res["export"] / "autoencoder.safetensors").is_file()
+    z_std = PCAAutoencoder.load(res["export"]).z_std  # the config's whiten=False: one scale for every component
+    assert bool((z_std == z_std[0]).all())
 
 
 def test_train_subcommand_is_registered():

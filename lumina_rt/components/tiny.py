@@ -174,14 +174,20 @@ class PCAAutoencoder:
         self.channels = int(basis.shape[1])
 
     @classmethod
-    def fit(cls, x: torch.Tensor, channels: int = 12, factor: int = 4) -> PCAAutoencoder:
+    def fit(cls, x: torch.Tensor, channels: int = 12, factor: int = 4, whiten: bool = True) -> PCAAutoencoder:
+        """PCA of `factor` x `factor` blocks of clips x. `whiten`: every component standardised (unit variance);
+        else all divided by one scale (their RMS standard deviation), so the components keep their variance ratios
+        and the flow's loss weighs them as pixels do."""
         blocks = _to_blocks(x, factor).double()
         mean = blocks.mean(0)
         _, _, vh = torch.linalg.svd(blocks - mean, full_matrices=False)
         basis = vh[:channels].T.contiguous()
         basis = basis * torch.where(basis.sum(0) < 0, -1.0, 1.0)  # deterministic signs
         z = (blocks - mean) @ basis
-        return cls(mean, basis, z.mean(0), z.std(0).clamp_min(1e-6), factor)
+        std = z.std(0).clamp_min(1e-6)
+        if not whiten:
+            std = torch.full_like(std, float(std.pow(2).mean().sqrt()))
+        return cls(mean, basis, z.mean(0), std, factor)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         b, _, f, h, w = x.shape

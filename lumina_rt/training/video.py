@@ -81,12 +81,14 @@ class DataSettings:
 @dataclass
 class LatentSettings:
     """The `latent` section: "pixels" (in_channels 3) or "pca" (a linear autoencoder fitted on `fit_clips` clips at
-    the last stage's size: `channels` whitened components of `factor` x `factor` pixel blocks)."""
+    the last stage's size: `channels` components of `factor` x `factor` pixel blocks, each standardised with
+    `whiten`, else all divided by one scale so that their variances keep their ratios: `PCAAutoencoder.fit`)."""
 
     kind: str = "pixels"
     channels: int = 12
     factor: int = 4
     fit_clips: int = 512
+    whiten: bool = True
 
 
 @dataclass
@@ -291,7 +293,9 @@ def setup(cfg: TrainConfig, out: Path, resume: bool) -> TrainRun:
             n_fit = int(cfg.latent.fit_clips)
             clips = torch.cat([dataset.video_batch(10**9 + i, 32, last.size, last.frames).x
                                for i in range((n_fit + 31) // 32)])[:n_fit]  # fmt: skip
-            autoencoder = PCAAutoencoder.fit(clips, int(cfg.latent.channels), int(cfg.latent.factor))
+            autoencoder = PCAAutoencoder.fit(
+                clips, int(cfg.latent.channels), int(cfg.latent.factor), whiten=bool(cfg.latent.whiten)
+            )
             autoencoder.save(out)
     return TrainRun(cfg, out, model, encoder, dataset, opt, ema, autoencoder, task_shifts(mcfg, tc.shifts))
 

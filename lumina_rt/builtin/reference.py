@@ -37,7 +37,7 @@ def generate_reference(
 
     `sample`: "single_scale" / "multi_scale" (the checkpoint's presets) or a SampleConfig dict; `motion` may
     be one score per prompt (negative: unconditioned). Negative condition: the system prompt alone. Sizes default
-    to what the checkpoint was trained at (`trained_size`: the built-in model's 8 x 64 x 64).
+    to what the checkpoint was trained at (`trained_size`: the built-in model's 8 x 32 x 32).
     """
     directory = builtin_dir() if directory is None else directory
     trained = trained_size(directory)

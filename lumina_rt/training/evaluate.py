@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lumina_rt.builtin import UNTRAINED_SIZE
+from lumina_rt.builtin import UNTRAINED_SIZE, trained_size
 from lumina_rt.data import captions as C
 from lumina_rt.data.motion import analyse_frames
 from lumina_rt.errors import ConfigError
@@ -98,9 +98,7 @@ def eval_prompts(split: str = "combos") -> list[EvalPrompt]:
 
 
 def video_size(directory: str | Path) -> tuple[int, int, int]:
-    """(frames, height, width) a checkpoint was trained for: its train_config.json's last stage, else 8 x 32 x 32."""
-    from lumina_rt.builtin import trained_size
-
+    """(frames, height, width) a checkpoint was trained for (`lumina_rt.builtin.trained_size`)."""
     return trained_size(directory)
 
 

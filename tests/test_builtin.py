@@ -28,6 +28,7 @@ def test_folder_is_complete_and_small():
         "text_vocab.txt",
         "train_log.jsonl",
         "eval.json",
+        "eval_heldout.json",
     } <= names
     # one sub-folder: the built-in V2A model (tests/test_v2a.py), shipped by setup.py's package data
     assert not any(p.is_dir() for p in BUILTIN.iterdir() if p.name not in ("__pycache__", "v2a"))
@@ -38,6 +39,7 @@ def test_folder_is_complete_and_small():
     assert spec.channels == load_model(BUILTIN).config.in_channels == 12
     assert spec.latent_shape(8, 32, 32) == (8, 8, 8)
     assert len(json.loads((BUILTIN / "eval.json").read_text())["schedules"]) == 2
+    assert json.loads((BUILTIN / "eval_heldout.json").read_text())["split"] == "heldout"
 
 
 def test_components_load_through_the_registry():

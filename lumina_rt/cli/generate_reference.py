@@ -24,6 +24,7 @@ def add(p: argparse.ArgumentParser) -> Runner:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from lumina_rt.builtin import BUILTIN_UPSCALE
     from lumina_rt.builtin.reference import generate_reference
     from lumina_rt.video import write_video
 
@@ -38,6 +39,6 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         directory=args.model,
     )
-    path = write_video(video[0], args.out, scale=max(1, 128 // video.shape[3]), upscale="bicubic")  # ~128 px
+    path = write_video(video[0], args.out, scale=max(1, 128 // video.shape[3]), upscale=BUILTIN_UPSCALE)  # ~128 px
     print(f"wrote {path} ({video.shape[2]} frames, {video.shape[3]}x{video.shape[4]}) in {time.time() - t0:.1f} s")
     return 0

@@ -97,11 +97,6 @@ def eval_prompts(split: str = "combos") -> list[EvalPrompt]:
     return out
 
 
-def video_size(directory: str | Path) -> tuple[int, int, int]:
-    """(frames, height, width) a checkpoint was trained for (`lumina_rt.builtin.trained_size`)."""
-    return trained_size(directory)
-
-
 def _percent(rows: list[dict[str, Any]], key: str) -> float:
     """Share of rows whose boolean `key` holds, in percent (0 for no rows)."""
     return round(100.0 * sum(r[key] for r in rows) / max(1, len(rows)), 2)
@@ -192,7 +187,7 @@ def evaluate_model(
     split: str = "combos",
 ) -> dict[str, Any]:
     """Generate the held-out prompts of `split` (`eval_prompts`) with each schedule and score them; returns the
-    report dict. Videos have the checkpoint's training size (`video_size`).
+    report dict. Videos have the checkpoint's training size (`lumina_rt.builtin.trained_size`).
 
     `kernels` is the `lumina_rt.ops` kernel backend the model runs with (``cpu-fused``: the C++ ops and attention
     kernel) and `precision` its weights' and activations' precision (fp32 or bf16); both are in the report.
@@ -214,7 +209,7 @@ def evaluate_model(
         raise ConfigError(f"eval precision {precision!r} is not one of fp32, bf16")
     pipeline = Pipeline.from_checkpoint(directory, dtype=DTYPES[precision])
     prompts = eval_prompts(split)
-    video = video_size(directory)
+    video = trained_size(directory)
     report: dict[str, Any] = {
         "model": str(directory),
         "kernels": kernels,

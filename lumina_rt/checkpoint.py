@@ -21,11 +21,11 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from lumina_rt.config import MODEL_SIZES, RELEASED_CONSTRUCTORS, ModelConfig
 from lumina_rt.errors import CheckpointError, UnsafeCheckpointError
-from lumina_rt.files import atomic_path, atomic_write
+from lumina_rt.files import atomic_write, save_tensors
 from lumina_rt.model import MultiScaleNextDiT
 
 logger = logging.getLogger(__name__)
@@ -226,9 +226,7 @@ def save_native(
     """Write config.json + model.safetensors (each file replaced atomically)."""
     p = Path(path)
     p.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in _strip_prefix(state_dict).items()}
-    with atomic_path(p / NATIVE_WEIGHTS) as tmp:
-        save_file(tensors, str(tmp))
+    save_tensors(_strip_prefix(state_dict), p / NATIVE_WEIGHTS)
     atomic_write(p / NATIVE_CONFIG, config.to_json())
     for name, content in (extra_files or {}).items():
         atomic_write(p / name, content)

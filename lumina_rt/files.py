@@ -155,6 +155,15 @@ def atomic_path(path: str | os.PathLike, directory: bool = False, keep_suffix: b
             _remove(tmp)
 
 
+def save_tensors(tensors: dict, path: str | os.PathLike) -> Path:
+    """Write a dict of torch tensors as safetensors to `path` atomically, with umask permissions; returns the path."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+    return Path(path)
+
+
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     """Write `data` (bytes, or text as UTF-8) to `path` atomically; returns the path."""
     with atomic_path(path) as tmp:

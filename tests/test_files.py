@@ -130,3 +130,43 @@ def test_atomic_path_gives_umask_permissions_even_when_the_writer_replaced_the_f
         os.umask(old)
     assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "b.bin").stat().st_mode & 0o777 == 0o644
+
+
+def test_exported_model_files_are_readable_by_others(tmp_path):
+    """Every safetensors writer goes through `save_tensors` (umask permissions, atomic): the text encoder, PCA
+    autoencoder and native weights of an exported model come out 0644 under umask 022, as its JSON files do."""
+    import re
+
+    import torch
+
+    from lumina_rt import checkpoint
+    from lumina_rt.components.tiny import PCAAutoencoder, TinyTextEncoder
+    from lumina_rt.model import ModelConfig, MultiScaleNextDiT
+
+    old = os.umask(0o022)
+    try:
+        TinyTextEncoder.create(dim=16).save(tmp_path)
+        PCAAutoencoder.fit(torch.rand(2, 3, 2, 8, 8) * 2 - 1, channels=4, factor=4).save(tmp_path)
+        cfg = ModelConfig.from_kwargs(
+            dict(
+                dim=32,
+                n_layers=1,
+                n_heads=2,
+                n_kv_heads=1,
+                multiple_of=16,
+                in_channels=4,
+                cap_feat_dim=16,
+                all_patch_size=[2],
+                all_f_patch_size=[1],
+            ),
+            name="t",  # fmt: skip
+        )
+        checkpoint.save_native(tmp_path / "native", cfg, MultiScaleNextDiT(cfg).state_dict())
+    finally:
+        os.umask(old)
+    written = sorted(p for p in tmp_path.rglob("*") if p.is_file())
+    assert {p.suffix for p in written} >= {".safetensors", ".json", ".txt"}
+    assert {p.name: p.stat().st_mode & 0o777 for p in written} == {p.name: 0o644 for p in written}
+    package = Path(checkpoint.__file__).parent
+    callers = [p.relative_to(package) for p in package.rglob("*.py") if re.search(r"\bsave_file\(", p.read_text())]
+    assert callers == [Path("files.py")]

@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from lumina_rt.builtin import AE_KIND, AE_WEIGHTS, TEXT_KIND, TEXT_VOCAB, TEXT_WEIGHTS
 from lumina_rt.errors import CheckpointError, InputError, TextEncoderError
+from lumina_rt.files import save_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ class TinyTextEncoder:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / TEXT_VOCAB).write_text("\n".join(self.vocab) + "\n")
-        save_file({"embedding": self.embedding.contiguous()}, str(directory / TEXT_WEIGHTS))
+        save_tensors({"embedding": self.embedding}, directory / TEXT_WEIGHTS)
         return dict(
             kind=TEXT_KIND,
             weights=TEXT_WEIGHTS,
@@ -215,7 +216,7 @@ class PCAAutoencoder:
     def save(self, directory: str | Path) -> dict[str, Any]:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.state().items()}, str(directory / AE_WEIGHTS))
+        save_tensors(self.state(), directory / AE_WEIGHTS)
         return {"kind": AE_KIND, "weights": AE_WEIGHTS}
 
     @classmethod

@@ -28,12 +28,12 @@ from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from lumina_rt.checkpoint import NATIVE_WEIGHTS, save_native
 from lumina_rt.errors import CheckpointError
-from lumina_rt.files import atomic_path, atomic_write
+from lumina_rt.files import atomic_path, atomic_write, save_tensors
 from lumina_rt.sampling import shift_time
 
 logger = logging.getLogger(__name__)
@@ -210,7 +210,7 @@ def save_checkpoint(out: Path, step: int, model, opt, ema: dict[str, torch.Tenso
         save_native(tmp, model.config, model.state_dict())
         torch.save(opt.state_dict(), tmp / "optimizer.pt")
         if ema is not None:
-            save_file({k: v.contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
+            save_tensors(ema, tmp / "ema.safetensors")
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **extra}, indent=1))
     atomic_write(root / "latest", final.name)
     return final

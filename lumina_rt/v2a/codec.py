@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from lumina_rt.config import strict_fields
 from lumina_rt.errors import CheckpointError, ConfigError, InputError
+from lumina_rt.files import save_tensors
 
 LOG_FLOOR = 1e-3  # log-mel floor: log(mel + LOG_FLOOR), about -60 dB below a full-scale tone's mel peak
 CODEC_WEIGHTS = "audio_codec.safetensors"
@@ -281,7 +282,7 @@ class AudioCodec:
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {"mean": self.mean, "basis": self.basis, "z_mean": self.z_mean, "z_std": self.z_std,
                    "block": torch.tensor(self.block)}  # fmt: skip
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(directory / CODEC_WEIGHTS))
+        save_tensors(tensors, directory / CODEC_WEIGHTS)
         return {"kind": "pca-logmel", "weights": CODEC_WEIGHTS, "spec": self.spec.to_dict()}
 
     @classmethod

@@ -23,12 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from lumina_rt.config import strict_fields
 from lumina_rt.data.sound import SoundDataset
 from lumina_rt.errors import ConfigError
-from lumina_rt.files import atomic_write
+from lumina_rt.files import atomic_write, save_tensors
 from lumina_rt.training.core import (
     StepResult,
     TrainSettings,
@@ -209,7 +208,7 @@ def export_v2a(run: V2ATrainRun, export: str | Path) -> Path:
     export = Path(export)
     export.mkdir(parents=True, exist_ok=True)
     state = run.ema if run.ema is not None else run.model.state_dict()
-    save_file({k: val.detach().contiguous().cpu() for k, val in state.items()}, str(export / V2A_WEIGHTS))
+    save_tensors(state, export / V2A_WEIGHTS)
     run.codec.save(export)
     v = run.cfg.v2a
     config = dict(

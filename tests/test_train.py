@@ -430,3 +430,59 @@ def test_config_errors_name_the_bad_key_or_value(tmp_path):
     path = tmp_path / "c.json"
     path.write_text(json.dumps(tiny_config()))
     assert T.TrainConfig.from_file(path) == T.TrainConfig.from_dict(tiny_config())
+
+
+def test_a_stage_sets_its_own_time_shifts_and_constant_learning_rate(tmp_path, monkeypatch):
+    """A fine-tuning stage (configs/builtin_v2_tune.json): its own shifts for the named tasks, a constant lr, and
+    the schedule of the stages before it ends where they end (so they train as they would without it)."""
+    ts, orig = [], MultiScaleNextDiT.forward
+
+    def forward(self, x, t, cap_feats, cap_mask, motion, patch_size, f_patch_size):
+        ts.append((f"{f_patch_size}x{patch_size}", x.shape[2], t.clone()))
+        return orig(self, x, t, cap_feats, cap_mask, motion, patch_size, f_patch_size)
+
+    monkeypatch.setattr(MultiScaleNextDiT, "forward", forward)
+    cfg = tiny_config(batch_size=16, lr=2e-3, lr_decay_start=0, lr_min_ratio=0.1, ckpt_every=100)
+    cfg["stages"] = [
+        dict(name="main", iters=4, size=16, frames=4, frame_stride=2),
+        dict(name="tune", iters=3, size=16, frames=4, frame_stride=2, shifts={"2x4": 60.0}, lr=3e-4),
+    ]
+    parsed = T.TrainConfig.from_dict(cfg)
+    assert parsed.schedule_end == 4 and parsed.total_iters == 7
+    res = T.train(cfg, tmp_path, resume=False, progress=False)
+    lines = [json.loads(line) for line in res["log"].read_text().splitlines()]
+    assert [r["stage"] for r in lines] == ["main"] * 4 + ["tune"] * 3
+    lrs = [r["lr"] for r in lines]
+    assert lrs[0] == pytest.approx(2e-3) and lrs[3] == pytest.approx(2e-4)  # cosine over the main stage only
+    assert lrs[4:] == pytest.approx([3e-4] * 3)
+    video = [(c, t) for c, f, t in ts if f > 1]  # 3 patch sizes per step
+    main, tune = video[:12], video[12:]
+
+    def median(part, combo):
+        return float(torch.cat([t for c, t in part if c == combo]).median())
+
+    assert abs(median(main, "2x4") - 1 / 3) < 0.1  # default shift 2
+    assert median(tune, "2x4") < 0.05  # shift 60: median 1 / 61
+    assert abs(median(tune, "2x8") - median(main, "2x8")) < 0.12  # unnamed tasks keep theirs (4)
+    for bad in ({"9x9": 2.0}, {"2x4": 0}, ["2x4"]):
+        cfg["stages"][1]["shifts"] = bad
+        with pytest.raises(T.ConfigError, match="stage 1: shifts must map"):
+            T.TrainConfig.from_dict(cfg)
+    cfg["stages"][1]["shifts"] = {}
+    for bad in (-1.0, True, "1e-4"):
+        cfg["stages"][1]["lr"] = bad
+        with pytest.raises(T.ConfigError, match="stage 1: lr must be a positive number"):
+            T.TrainConfig.from_dict(cfg)
+
+
+def test_the_tuning_config_continues_the_shipped_recipe():
+    """configs/builtin_v2_tune.json (docs/training.md, run 5) resumes the shipped run: same sections, the same
+    stages and learning rates for its first 15,000 iterations, then its constant-lr stage."""
+    shipped, tune = (T.TrainConfig.from_file(f"configs/{n}.json") for n in ("builtin", "builtin_v2_tune"))
+    for section in ("model", "data", "latent", "train"):
+        assert getattr(tune, section) == getattr(shipped, section), section
+    assert tune.stages[:-1] == shipped.stages and tune.schedule_end == shipped.total_iters == 15000
+    for step in range(0, 15000, 250):
+        assert tune.stage_at(step) == shipped.stage_at(step)
+        assert C.learning_rate(tune.train, step, tune.schedule_end) == C.learning_rate(shipped.train, step, 15000)
+    assert tune.stage_at(15000)[1].lr == 1e-4 and tune.total_iters == 16500

@@ -101,6 +101,12 @@ class TrainStage:
     frame_stride: int = 1
     name: str = ""  # default: "stage<i>"
     compile: bool | None = None  # default: the train section's
+    shifts: dict[str, float] = field(default_factory=dict)  # this stage's time shifts (combo or "image") over train's
+    lr: float | None = None  # a constant learning rate for this stage instead of the train section's schedule
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
 def _choice(where: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -174,8 +180,14 @@ class TrainConfig:
             st.compile = train.compile if st.compile is None else st.compile
             if not isinstance(st.compile, bool):
                 raise ConfigError(f"stage {i}: compile must be true or false, got {st.compile!r}")
+            if st.lr is not None and not _positive(st.lr):
+                raise ConfigError(f"stage {i}: lr must be a positive number, got {st.lr!r}")
             stages.append(st)
         model = ModelConfig.from_kwargs(raw.get("model", {}), name="builtin")
+        allowed = {"image", *model.patch_combos}
+        for i, st in enumerate(stages):
+            if not isinstance(st.shifts, dict) or not all(k in allowed and _positive(v) for k, v in st.shifts.items()):
+                raise ConfigError(f"stage {i}: shifts must map {sorted(allowed)} to positive values, got {st.shifts!r}")
         want = 3 if latent.kind == "pixels" else int(latent.channels)
         if model.in_channels != want:
             raise ConfigError(f"model in_channels={model.in_channels} but the {latent.kind} latent has {want} channels")
@@ -191,6 +203,17 @@ class TrainConfig:
     @property
     def total_iters(self) -> int:
         return sum(int(s.iters) for s in self.stages)
+
+    @property
+    def schedule_end(self) -> int:
+        """Where the train section's learning-rate schedule ends: the end of its last stage without an `lr` of its
+        own (stages with one, e.g. a final fine-tuning stage, leave the schedule of the stages before them as is)."""
+        acc = end = 0
+        for st in self.stages:
+            acc += int(st.iters)
+            if st.lr is None:
+                end = acc
+        return end or self.total_iters
 
     def stage_at(self, step: int) -> tuple[int, TrainStage]:
         """(index, stage) that training step `step` belongs to (the last stage after the end)."""
@@ -325,7 +348,13 @@ def train_step(run: TrainRun, forward, bucket: int, autocast) -> tuple[dict[str,
     combos = run.combos()
     n_tasks = len(combos) + (1 if tc.image_batch_size > 0 else 0)
     _, stage = cfg.stage_at(step)
-    lr = set_learning_rate(run.opt, tc, step, cfg.total_iters)
+    if stage.lr is None:
+        lr = set_learning_rate(run.opt, tc, step, cfg.schedule_end)
+    else:
+        lr = float(stage.lr)
+        for group in run.opt.param_groups:
+            group["lr"] = lr
+    shifts = {**run.shifts, **{k: float(v) for k, v in stage.shifts.items()}}
     gen = step_generator(int(tc.seed), step, RANDOM_STREAM)
     batch = run.dataset.video_batch(step, tc.batch_size, stage.size, stage.frames, stage.frame_stride)
     caps, motion = drop_conditions(batch.captions, batch.motion, tc.caption_drop, tc.motion_drop, gen)
@@ -335,7 +364,7 @@ def train_step(run: TrainRun, forward, bucket: int, autocast) -> tuple[dict[str,
     losses = {}
     for combo in combos:  # Algorithm 1: every patch size, gradients accumulated
         pf, p = mcfg.check_combo(combo)
-        xt, t, target = flow_matching_inputs(x_video, run.shifts[combo], tc.time_sampling, gen)
+        xt, t, target = flow_matching_inputs(x_video, shifts[combo], tc.time_sampling, gen)
         with autocast:
             pred = forward(xt, t, feats, mask, motion, p, pf)
         loss = flow_matching_loss(pred, target, tc.vd_weight)
@@ -346,7 +375,7 @@ def train_step(run: TrainRun, forward, bucket: int, autocast) -> tuple[dict[str,
         icaps, _ = drop_conditions(ib.captions, ib.motion, tc.caption_drop, 0.0, gen)
         ifeats, imask = pad_captions(*run.encoder.encode(icaps, [SYSTEM_PROMPTS[s] for s in ib.sources]), bucket)
         pf, p = mcfg.check_combo(finest_combo(mcfg))
-        xt, t, target = flow_matching_inputs(run.to_latent(ib.x), run.shifts["image"], tc.time_sampling, gen)
+        xt, t, target = flow_matching_inputs(run.to_latent(ib.x), shifts["image"], tc.time_sampling, gen)
         with autocast:
             pred = forward(xt, t, ifeats, imask, ib.motion, p, pf)
         loss = flow_matching_loss(pred, target, tc.vd_weight)

@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 
 from lumina_rt.builtin import AE_KIND, AE_WEIGHTS, TEXT_KIND, TEXT_VOCAB, TEXT_WEIGHTS
 from lumina_rt.errors import CheckpointError, InputError, TextEncoderError
-from lumina_rt.files import save_tensors
+from lumina_rt.files import atomic_write, save_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class TinyTextEncoder:
         """Write the vocabulary and table into `directory`; returns the components.json spec."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / TEXT_VOCAB).write_text("\n".join(self.vocab) + "\n")
+        atomic_write(directory / TEXT_VOCAB, "\n".join(self.vocab) + "\n")
         save_tensors({"embedding": self.embedding}, directory / TEXT_WEIGHTS)
         return dict(
             kind=TEXT_KIND,

@@ -9,6 +9,7 @@ the module ends by stopping the server (which stops its Ray instance) and checki
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import json
 import os
 import re
@@ -113,6 +114,63 @@ def ray_server(tmp_path_factory):
             except OSError:
                 pass
         assert not left, f"Ray processes left after the server stopped: {sorted(left)}"
+
+
+def process_tree(root: int) -> set[int]:
+    """`root` and every process descended from it (Ray's daemons are the server's children, its workers theirs)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    tree, grew = {root}, True
+    while grew:
+        new = {pid for pid, ppid in parents.items() if ppid in tree} - tree
+        tree |= new
+        grew = bool(new)
+    return tree
+
+
+def listening_addresses(pids: set[int]) -> dict[str, set[int]]:
+    """TCP addresses ("127.0.0.1:8000", "[::]:41234") the processes `pids` listen on -> their pids (/proc/net)."""
+    owner: dict[str, int] = {}
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                link = os.readlink(fd)
+                if link.startswith("socket:["):
+                    owner[link[8:-1]] = pid
+        except OSError:
+            pass
+    found: dict[str, set[int]] = {}
+    for table, width in (("tcp", 8), ("tcp6", 32)):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A" or fields[9] not in owner:  # 0A: LISTEN
+                continue
+            host_hex, port_hex = fields[1].split(":")
+            raw = bytes.fromhex(host_hex)
+            # /proc/net prints each 32-bit word of the address in host (little-endian) order
+            raw = b"".join(raw[i : i + 4][::-1] for i in range(0, width // 2, 4))
+            host = ipaddress.ip_address(raw)
+            if isinstance(host, ipaddress.IPv6Address) and host.ipv4_mapped:
+                host = host.ipv4_mapped
+            text = f"[{host}]" if host.version == 6 else str(host)
+            found.setdefault(f"{text}:{int(port_hex, 16)}", set()).add(owner[fields[9]])
+    return found
+
+
+def test_every_port_the_ray_server_and_its_ray_instance_open_is_loopback(ray_server):
+    """The server, its local Ray instance's daemons and its Serve replicas listen on 127.0.0.1 / ::1 only (Ray
+    Serve's replicas would bind their inter-deployment gRPC servers to [::]:0: `ray_app` rebinds them)."""
+    pids = process_tree(ray_server.proc.pid)
+    found = listening_addresses(pids)
+    assert f"127.0.0.1:{ray_server.port}" in found, found  # the HTTP port: the scan sees the server's sockets
+    assert len({pid for owners in found.values() for pid in owners}) >= 4, found  # server, gcs, raylet, replicas
+    loopback = {"127.0.0.1", "[::1]"}
+    assert {a: p for a, p in found.items() if a.rsplit(":", 1)[0] not in loopback} == {}
 
 
 def openai_client(server: ServerProcess):

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -40,8 +42,8 @@ EXTRA = "ray"
 def require_ray(local: bool = False) -> tuple[Any, Any]:
     """(ray, ray.serve), or BackendUnavailableError naming the `ray` extra. `local`: this process will start a
     single-node instance of its own: Ray then takes 127.0.0.1 as the node's address, so its own servers listen on
-    the loopback interface (read when ray is first imported); Ray Serve replicas' inter-deployment gRPC servers still
-    bind all interfaces (hard-coded `[::]:0` in Ray Serve 2.60; docs/serving.md)."""
+    the loopback interface (read when ray is first imported); Ray Serve replicas' inter-deployment gRPC servers,
+    hard-coded to `[::]:0` in Ray Serve 2.60, are rebound to 127.0.0.1 there (`_bind_replica_grpc_to_loopback`)."""
     if local:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray's single-node mode: loopback only
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -53,6 +55,41 @@ def require_ray(local: bool = False) -> tuple[Any, Any]:
             f"--ray needs the {EXTRA!r} extra (Ray Serve): pip install 'lumina-rt[{EXTRA}]' ({exc})"
         ) from None
     return ray, serve
+
+
+def _node_is_loopback() -> bool:
+    try:
+        import ray
+
+        return ipaddress.ip_address(ray.util.get_node_ip_address()).is_loopback
+    except Exception:  # not in a Ray worker, or an address Ray cannot tell: leave Ray's bind as it is
+        return False
+
+
+def _bind_replica_grpc_to_loopback() -> None:
+    """Inside a Ray Serve replica on a loopback-only node (the local instance `serve_on_ray` starts), have the
+    replica's inter-deployment gRPC server listen on 127.0.0.1 instead of on every interface.
+
+    Ray Serve 2.60 binds it to a hard-coded "[::]:0" in `Replica._on_initialized`, through the name
+    `add_port_to_grpc_server` in its replica module. A replica imports this module while it unpickles its
+    deployment (`Generator`, `Ingress`), before that call, so the address is rewritten there. On a cluster node with
+    a routable address the bind stays as Ray Serve makes it: other nodes must reach it
+    (tests/test_serve_ray.py checks every listening socket of a local server's process tree)."""
+    replica = sys.modules.get("ray.serve._private.replica")  # loaded in a replica process, where it matters
+    add_port = getattr(replica, "add_port_to_grpc_server", None)
+    if add_port is None or getattr(add_port, "lumina_rt_loopback", False):
+        return
+
+    def loopback_add_port(server: Any, address: str) -> Any:
+        if address.startswith("[::]:") and _node_is_loopback():
+            address = "127.0.0.1:" + address[len("[::]:") :]
+        return add_port(server, address)
+
+    loopback_add_port.lumina_rt_loopback = True  # type: ignore[attr-defined]
+    replica.add_port_to_grpc_server = loopback_add_port  # type: ignore[union-attr]
+
+
+_bind_replica_grpc_to_loopback()
 
 
 @dataclass

@@ -147,20 +147,7 @@ def test_exported_model_files_are_readable_by_others(tmp_path):
     try:
         TinyTextEncoder.create(dim=16).save(tmp_path)
         PCAAutoencoder.fit(torch.rand(2, 3, 2, 8, 8) * 2 - 1, channels=4, factor=4).save(tmp_path)
-        cfg = ModelConfig.from_kwargs(
-            dict(
-                dim=32,
-                n_layers=1,
-                n_heads=2,
-                n_kv_heads=1,
-                multiple_of=16,
-                in_channels=4,
-                cap_feat_dim=16,
-                all_patch_size=[2],
-                all_f_patch_size=[1],
-            ),
-            name="t",  # fmt: skip
-        )
+        cfg = ModelConfig.from_name("tiny")
         checkpoint.save_native(tmp_path / "native", cfg, MultiScaleNextDiT(cfg).state_dict())
     finally:
         os.umask(old)

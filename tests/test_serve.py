@@ -397,7 +397,7 @@ def test_concurrent_jobs_batch_and_equal_their_solo_videos(start_server, tmp_pat
             assert a.shape == b.shape and abs(a - b).max() <= 1 and (a != b).mean() < 1e-3
 
 
-def test_batched_generation_equals_solo_within_1e6(engine_dir):
+def test_batched_generation_equals_solo_within_float32_noise(engine_dir):
     """What the worker runs for a batch (`generate_batch`): each item's frames equal the same request alone."""
     import torch
 

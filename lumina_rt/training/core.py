@@ -85,9 +85,11 @@ def learning_rate(tc: TrainSettings, step: int, total: int) -> float:
     return lr
 
 
-def set_learning_rate(opt: torch.optim.Optimizer, tc: TrainSettings, step: int, total: int) -> float:
-    """Set every parameter group to `learning_rate(tc, step, total)`; returns it."""
-    lr = learning_rate(tc, step, total)
+def set_learning_rate(
+    opt: torch.optim.Optimizer, tc: TrainSettings, step: int, total: int, fixed: float | None = None
+) -> float:
+    """Set every parameter group to `learning_rate(tc, step, total)`, or to `fixed` when given; returns it."""
+    lr = learning_rate(tc, step, total) if fixed is None else float(fixed)
     for group in opt.param_groups:
         group["lr"] = lr
     return lr

@@ -348,12 +348,7 @@ def train_step(run: TrainRun, forward, bucket: int, autocast) -> tuple[dict[str,
     combos = run.combos()
     n_tasks = len(combos) + (1 if tc.image_batch_size > 0 else 0)
     _, stage = cfg.stage_at(step)
-    if stage.lr is None:
-        lr = set_learning_rate(run.opt, tc, step, cfg.schedule_end)
-    else:
-        lr = float(stage.lr)
-        for group in run.opt.param_groups:
-            group["lr"] = lr
+    lr = set_learning_rate(run.opt, tc, step, cfg.schedule_end, fixed=stage.lr)
     shifts = {**run.shifts, **{k: float(v) for k, v in stage.shifts.items()}}
     gen = step_generator(int(tc.seed), step, RANDOM_STREAM)
     batch = run.dataset.video_batch(step, tc.batch_size, stage.size, stage.frames, stage.frame_stride)
